@@ -1,0 +1,155 @@
+"""The inventory model: the shape of edge.yaml, checked by pydantic.
+
+Only shape and single-field rules live here; rules that relate several
+fields (duplicates, subnets, references) live in checks.py so each failure
+can name its exact key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+IFNAME_RE = r"^[A-Za-z0-9_.@-]{1,15}$"
+PATH_RE = r"^/\S*$"
+STATS_USER_RE = r"^[A-Za-z0-9_.-]+$"
+DURATION_RE = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, Field(pattern=NAME_RE)]
+IfName = Annotated[str, Field(pattern=IFNAME_RE)]
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: str | int) -> str:
+    text = str(value)
+    if not DURATION_RE.match(text):
+        raise ValueError("expected a duration such as 500ms, 30s, 5m or 1h")
+    return text
+
+
+class Vrrp(Strict):
+    interface: IfName = "eth0"
+    # 0.25 s with VRRPv3 moves the VIP within a second on a hard failure and
+    # did not flap under full CPU load in the lab (shared/notes/lab-facts.md).
+    advert_int: Annotated[float, Field(gt=0, le=40)] = 0.25
+    version: Literal[2, 3] = 3
+    unicast: bool = True
+    preempt: bool = False
+    # VRRPv2 only (VRRPv3 has no authentication); read from the environment or a file.
+    auth_pass_env: str | None = None
+    auth_pass_file: str | None = None
+    garp_refresh: Annotated[int, Field(ge=0, le=3600)] = 60
+
+
+class Vip(Strict):
+    address: ipaddress.IPv4Interface
+    vrid: int
+    preferred: Name | None = None
+    interface: IfName | None = None
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _needs_prefix(cls, value: object) -> object:
+        if isinstance(value, str) and "/" not in value:
+            raise ValueError("a VIP needs its subnet prefix, e.g. 10.10.0.100/24")
+        return value
+
+
+class Peer(Strict):
+    name: Name
+    address: ipaddress.IPv4Address
+    interface: IfName | None = None
+    # Where SSH reaches the host when that differs from its VRRP address
+    # (e.g. Vagrant's management network or a forwarded port).
+    ssh_host: str | None = None
+    ssh_port: Port | None = None
+
+
+class Ssh(Strict):
+    user: str = "root"
+    port: Port = 22
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10
+
+
+class Server(Strict):
+    name: Name
+    address: str = Field(min_length=1)
+    port: Port | None = None
+    weight: Annotated[int, Field(ge=0, le=256)] | None = None
+    backup: bool = False
+
+
+class Health(Strict):
+    type: Literal["tcp", "http", "https"] = "tcp"
+    path: str = Field(default="/healthz", pattern=PATH_RE)
+    expect_status: Annotated[int, Field(ge=100, le=599)] = 200
+    host: str | None = None
+
+
+class Check(Strict):
+    inter: str = "2s"
+    fall: Annotated[int, Field(ge=1, le=100)] = 3
+    rise: Annotated[int, Field(ge=1, le=100)] = 2
+
+    _inter = field_validator("inter", mode="before")(_duration)
+
+
+class Service(Strict):
+    name: Name
+    listen: Port
+    backend: str
+    port: Port
+    balance: Literal["roundrobin", "leastconn", "source"] = "roundrobin"
+    sticky: bool = False
+    proxy_protocol: Literal["v1", "v2"] | None = None
+    timeout: str | None = None
+    health: Health = Health()
+    check: Check = Check()
+
+    _timeout = field_validator("timeout", mode="before")(
+        lambda v: None if v is None else _duration(v)
+    )
+
+
+class Stats(Strict):
+    port: Port = 8404
+    user: str = Field(default="admin", pattern=STATS_USER_RE)
+    password_env: str | None = None
+    password_file: str | None = None
+    uri: str = Field(default="/stats", pattern=PATH_RE)
+
+
+class Haproxy(Strict):
+    maxconn: Annotated[int, Field(ge=1, le=10_000_000)] = 20000
+    connect_timeout: str = "5s"
+    client_timeout: str = "1m"
+    server_timeout: str = "1m"
+    peers_port: Port = 10000
+
+    _durations = field_validator(
+        "connect_timeout", "client_timeout", "server_timeout", mode="before"
+    )(_duration)
+
+
+class Inventory(Strict):
+    cluster: Name
+    vrrp: Vrrp = Vrrp()
+    vips: list[Vip] = Field(min_length=1)
+    peers: list[Peer]
+    ssh: Ssh = Ssh()
+    backends: dict[Name, list[Server]]
+    services: list[Service] = Field(min_length=1)
+    stats: Stats
+    haproxy: Haproxy = Haproxy()

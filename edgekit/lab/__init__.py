@@ -1,0 +1,1 @@
+"""Lab back ends (local nspawn containers, Vagrant VMs) behind one small interface."""
