@@ -1,0 +1,142 @@
+"""deploy, status, failover-test: the commands that act on the proxy hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.cli import app
+from edgekit.cli.inventory import Inv, Json, echo_json, note
+from edgekit.errors import ExitCode
+from edgekit.inventory import load_inventory, parse_peers_flag
+
+Peers = Annotated[str | None, typer.Option(
+    "--peers", help="Replace the inventory's peers: NAME=ADDR,... or ADDR,... (peer1, ...).")]
+AcceptNew = Annotated[bool, typer.Option(
+    "--accept-new-host-keys", help="Trust and record unknown SSH host keys (like ssh's "
+    "accept-new); changed keys are still refused.")]
+
+
+def _load(inventory: Path, peers: str | None):  # type: ignore[no-untyped-def]
+    return load_inventory(inventory, peers=parse_peers_flag(peers) if peers else None)
+
+
+@app.command()
+def deploy(
+    inventory: Inv = Path("edge.yaml"),
+    peers: Peers = None,
+    limit: Annotated[str | None, typer.Option(
+        "--limit", help="Only these peers (comma-separated names).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Show the diff per host and stop; exit 3 when changes are pending."
+    )] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+    accept_new: AcceptNew = False,
+    json_out: Json = False,
+) -> int:
+    """Make every peer an identical haproxy + keepalived proxy: preflight, plan, roll out."""
+    from edgekit.deploy import deploy as run_deploy
+
+    loaded = _load(inventory, peers)
+    names = [n.strip() for n in limit.split(",")] if limit else None
+    progress = (lambda _m: None) if json_out else note
+    plan = run_deploy(loaded, dry_run=True, limit=names, accept_new=accept_new,
+                      progress=progress)
+    if not json_out:
+        for name, host_plan in plan.plans.items():
+            if host_plan.changed:
+                typer.echo(f"--- {name}: {', '.join(host_plan.paths()) or 'no file changes'}"
+                           + (f"; install {' '.join(host_plan.missing_packages)}"
+                              if host_plan.missing_packages else "")
+                           + (f"; start {' '.join(host_plan.start_units)}"
+                              if host_plan.start_units else ""))
+                typer.echo(host_plan.diff(), nl=False)
+            else:
+                note(f"{name}: no changes")
+    if dry_run or not plan.pending:
+        if json_out:
+            echo_json({**plan.to_dict(), "dry_run": dry_run, "pending": plan.pending})
+        if not plan.pending and not json_out:
+            note("no changes")
+        return int(ExitCode.PENDING if plan.pending and dry_run else ExitCode.OK)
+    if not yes and not typer.confirm("apply these changes?", err=True):
+        note("nothing applied")
+        return int(ExitCode.INTERRUPTED)
+    report = run_deploy(loaded, limit=names, accept_new=accept_new, progress=progress)
+    if json_out:
+        echo_json({**report.to_dict(), "dry_run": False})
+    else:
+        _summary(report)
+    if report.error:
+        from edgekit.errors import OperationError
+
+        raise OperationError(report.error)
+    return int(ExitCode.OK)
+
+
+def _summary(report) -> None:  # type: ignore[no-untyped-def]
+    typer.echo(f"{'host':<16} {'result':<12} files")
+    for name, plan in report.plans.items():
+        if name in report.applied:
+            result = "applied"
+        elif name == report.failed:
+            result = "FAILED"
+        elif plan.changed:
+            result = "not reached"
+        else:
+            result = "unchanged"
+        typer.echo(f"{name:<16} {result:<12} {len(plan.changes)}")
+    for vip, holders in report.holders.items():
+        typer.echo(f"VIP {vip}: held by {', '.join(holders) or 'nobody'}")
+
+
+@app.command()
+def status(
+    inventory: Inv = Path("edge.yaml"),
+    peers: Peers = None,
+    json_out: Json = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")
+                     ] = False,
+) -> int:
+    """Who holds each VIP, haproxy and keepalived health, servers, drift, split brain."""
+    import time
+
+    from edgekit.hosts import close_all, peer_hosts
+    from edgekit.status import cluster_status
+
+    loaded = _load(inventory, peers)
+    hosts = peer_hosts(loaded)
+    try:
+        while True:
+            st = cluster_status(loaded, hosts)
+            if json_out:
+                echo_json(st.to_dict())
+            else:
+                if watch:
+                    typer.echo("\033[2J\033[H", nl=False)
+                _status_table(st)
+            if not watch:
+                break
+            time.sleep(2)
+    finally:
+        close_all(hosts)
+    return int(ExitCode.OK if st.healthy else ExitCode.FAILED)
+
+
+def _status_table(st) -> None:  # type: ignore[no-untyped-def]
+    typer.echo(f"{'peer':<14} {'ssh':<5} {'haproxy':<8} {'keepalived':<11} {'vrrp':<22} "
+               f"{'vips':<18} {'servers up':<11} drift")
+    for p in st.peers:
+        if not p.reachable:
+            typer.echo(f"{p.name:<14} {'DOWN':<5} {p.error}")
+            continue
+        vrrp = " ".join(f"{i.removeprefix('VI_')}:{s}" for i, s in p.vrrp.items())
+        total = sum(len(s) for s in p.servers.values())
+        up = sum(1 for s in p.servers.values() for v in s.values() if v == "UP")
+        typer.echo(f"{p.name:<14} {'ok':<5} {'up' if p.haproxy_up else 'DOWN':<8} "
+                   f"{'up' if p.keepalived_up else 'DOWN':<11} {vrrp:<22} "
+                   f"{','.join(p.vips) or '-':<18} {f'{up}/{total}':<11} "
+                   f"{','.join(p.drift) or '-'}")
+    typer.echo(f"verdict: {st.verdict}")

@@ -117,6 +117,9 @@ class Service(Strict):
     timeout: str | None = None
     health: Health = Health()
     check: Check = Check()
+    # Extra haproxy lines appended to the service's backend section, passed through as
+    # written; the hosts' `haproxy -c` validates them before they go live.
+    haproxy_options: list[Annotated[str, Field(pattern=r"^[^\n\r#]+$")]] = []
 
     _timeout = field_validator("timeout", mode="before")(
         lambda v: None if v is None else _duration(v)

@@ -1,0 +1,209 @@
+"""Apply one host's plan: stage, validate on the host, swap atomically, reload, wait, or roll back."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgekit.deploy.plan import HostPlan
+from edgekit.errors import OperationError
+from edgekit.remote import Host, Result
+from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, RenderedFile
+
+BACKUP_DIR = "/var/lib/edgekit/backup"
+HEALTH_TIMEOUT_S = 20.0
+
+Progress = Callable[[str], None]
+
+
+class ApplyError(OperationError):
+    def __init__(self, host: str, reason: str, *, rolled_back: bool) -> None:
+        tail = "; its previous files were restored" if rolled_back else "; nothing was changed"
+        super().__init__(f"{host}: {reason}{tail}")
+        self.host = host
+        self.reason = reason
+        self.rolled_back = rolled_back
+
+
+@dataclass
+class ApplyResult:
+    host: str
+    changed_files: list[str]
+    actions: list[str]
+
+
+def _q(s: str) -> str:
+    return shlex.quote(s)
+
+
+def _stage(host: Host, files: list[RenderedFile]) -> str:
+    """Upload every wanted file (as the SSH user) and copy it into a root-only tree."""
+    user_dir = host.check("mktemp -d /tmp/edgekit-upload.XXXXXX", "mktemp").stdout.strip()
+    dirs = sorted({f"{user_dir}{f.path.rsplit('/', 1)[0]}" for f in files})
+    host.check("mkdir -p " + " ".join(_q(d) for d in dirs), "mkdir staging")
+    for f in files:
+        host.put_text(f.content, f"{user_dir}{f.path}", 0o600)
+    # A root-owned tree under /run: keepalived's script security accepts nothing else.
+    chmods = "\n".join(f"chmod {f.mode:04o} \"$R\"{_q(f.path)}; chown {_q(f.owner)} \"$R\""
+                       f"{_q(f.path)}" for f in files)
+    script = f"""set -eu
+R=$(mktemp -d /run/edgekit-stage.XXXXXX)
+cp -r {_q(user_dir)}/. "$R"/
+rm -rf {_q(user_dir)}
+chown -R root:root "$R"
+find "$R" -type d -exec chmod 0755 {{}} +
+{chmods}
+echo "$R"
+"""
+    return host.check(script, "staging", sudo=True).stdout.strip().splitlines()[-1]
+
+
+def validate_staged(host: Host, stage: str, peer: str) -> Result:
+    """haproxy -c with the staged environment, keepalived -t over the staged /etc/keepalived."""
+    keepalived = (f'mount --bind {_q(stage)}/etc/keepalived /etc/keepalived && '
+                  f'exec keepalived -t -f {KEEPALIVED_CONF} -i {_q(peer)}')
+    script = f"""set -u
+out=$( (set -a; . {_q(stage)}/etc/default/haproxy; set +a;
+        haproxy -c -q -f {_q(stage)}{HAPROXY_CFG}) 2>&1 ) || {{
+  echo "haproxy -c: $(printf '%s\\n' "$out" | grep -m1 -E 'ALERT|error' || printf '%s' "$out" | tail -n1)" >&2
+  exit 1; }}
+out=$(unshare --mount --propagation private sh -c {_q(keepalived)} 2>&1) || {{
+  echo "keepalived -t: $(printf '%s\\n' "$out" | tail -n1)" >&2; exit 1; }}
+"""
+    return host.run(script, sudo=True)
+
+
+def _install_script(stage: str, plan: HostPlan) -> str:
+    lines = ["set -eu", f"B={BACKUP_DIR}", 'rm -rf "$B"', 'mkdir -p "$B"', ': > "$B/ABSENT"']
+    for path in plan.paths():
+        qp = _q(path)
+        lines.append(f'if [ -e {qp} ]; then mkdir -p "$B"$(dirname {qp}); cp -a {qp} "$B"{qp}; '
+                     f'else echo {qp} >> "$B/ABSENT"; fi')
+    for path in plan.paths():
+        qp = _q(path)
+        # Same directory, then rename: readers see the old or the new file, never half.
+        lines.append(f"mkdir -p $(dirname {qp}) && cp -a {_q(stage)}{qp} {qp}.edgekit-new "
+                     f"&& mv -f {qp}.edgekit-new {qp}")
+    return "\n".join(lines) + "\n"
+
+
+def _restore_script() -> str:
+    return f"""set -u
+B={BACKUP_DIR}
+[ -d "$B" ] || exit 0
+while read -r f; do [ -n "$f" ] && rm -f "$f"; done < "$B/ABSENT"
+cd "$B" && find . -type f ! -name ABSENT | while read -r f; do
+  p="${{f#.}}"; cp -a "$f" "$p.edgekit-old" && mv -f "$p.edgekit-old" "$p"; done
+"""
+
+
+def service_actions(plan: HostPlan, facts_units: dict[str, tuple[str, str]]) -> list[str]:
+    """Commands that make the changed files take effect. Reload, never restart, except where
+    the change is in the unit's environment, which only a restart reads."""
+    touched = plan.services_touched()
+    paths = set(plan.paths())
+    cmds: list[str] = []
+    if "systemd" in touched:
+        cmds.append("systemctl daemon-reload")
+    if "sysctl" in touched:
+        cmds.append("sysctl -q -p /etc/sysctl.d/60-edgekit.conf")
+    for unit in ("haproxy", "keepalived"):
+        active = facts_units.get(unit, ("inactive", ""))[0] == "active"
+        if unit in touched:
+            if not active:
+                cmds.append(f"systemctl start {unit}")
+            elif f"/etc/default/{unit}" in paths:
+                cmds.append(f"systemctl restart {unit}")
+            else:
+                cmds.append(f"systemctl reload {unit}")
+        elif unit in plan.start_units:
+            cmds.append(f"systemctl start {unit}")
+    cmds += [f"systemctl enable -q {u}" for u in plan.enable_units]
+    return cmds
+
+
+def health_command(instances: list[str], stats_port: int) -> str:
+    checks = " && ".join(
+        f'[ -f /run/edgekit/{i}.state ] && ! grep -qx FAULT /run/edgekit/{i}.state'
+        for i in instances)
+    return (f"systemctl is-active -q haproxy && systemctl is-active -q keepalived && "
+            f"pgrep -x haproxy >/dev/null && "
+            f"timeout 2 bash -c '</dev/tcp/127.0.0.1/{stats_port}' && {checks or 'true'}")
+
+
+def wait_healthy(host: Host, instances: list[str], stats_port: int,
+                 timeout: float = HEALTH_TIMEOUT_S) -> str | None:
+    """None when healthy, else the reason it was not, after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    command = health_command(instances, stats_port)
+    while True:
+        if host.run(command, sudo=True, timeout=15).ok:
+            return None
+        if time.monotonic() > deadline:
+            why = host.run(
+                "for u in haproxy keepalived; do printf '%s=%s ' $u $(systemctl is-active $u);"
+                " done; cat /run/edgekit/*.state 2>/dev/null | tr '\\n' ' '", sudo=True)
+            return f"not healthy after {timeout:.0f}s ({why.stdout.strip()})"
+        time.sleep(0.3)
+
+
+def install_packages(host: Host, packages: list[str], progress: Progress) -> None:
+    progress(f"{host.name}: installing {' '.join(packages)}")
+    host.check("DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+               + " ".join(_q(p) for p in packages), "apt-get install", sudo=True, timeout=600)
+
+
+def apply_host(host: Host, peer: str, plan: HostPlan, files: list[RenderedFile],
+               units: dict[str, tuple[str, str]], instances: list[str], stats_port: int,
+               progress: Progress) -> ApplyResult:
+    if plan.missing_packages:
+        install_packages(host, plan.missing_packages, progress)
+        units = {u: ("inactive", "enabled") for u in units}  # re-read below when it matters
+        refreshed = host.run("for u in haproxy keepalived; do echo $u $(systemctl is-active $u)"
+                             " $(systemctl is-enabled $u); done", sudo=True)
+        units = {ln.split()[0]: (ln.split()[1], ln.split()[2]) for ln in
+                 refreshed.stdout.splitlines() if len(ln.split()) == 3}
+    actions = service_actions(plan, units)
+    stage = _stage(host, files)
+    try:
+        check = validate_staged(host, stage, peer)
+        if not check.ok:
+            raise ApplyError(host.name, f"validation failed: {check.last_line()}",
+                             rolled_back=False)
+        progress(f"{host.name}: validated (haproxy -c, keepalived -t); installing "
+                 f"{len(plan.changes)} file(s)")
+        host.check(_install_script(stage, plan), "install files", sudo=True)
+        reason = None
+        for cmd in actions:
+            progress(f"{host.name}: {cmd}")
+            result = host.run(cmd, sudo=True, timeout=60)
+            if not result.ok:
+                reason = f"`{cmd}` failed: {result.last_line()}"
+                break
+        if reason is None:
+            reason = wait_healthy(host, instances, stats_port)
+        if reason is not None:
+            _rollback(host, plan, progress)
+            raise ApplyError(host.name, reason, rolled_back=True)
+    finally:
+        host.run(f"rm -rf {_q(stage)}", sudo=True)
+    return ApplyResult(host.name, plan.paths(), actions)
+
+
+def _rollback(host: Host, plan: HostPlan, progress: Progress) -> None:
+    progress(f"{host.name}: rolling back to the previous files")
+    host.run(_restore_script(), sudo=True)
+    touched = plan.services_touched()
+    paths = set(plan.paths())
+    cmds = ["systemctl daemon-reload"] if "systemd" in touched else []
+    for unit, conf in (("haproxy", HAPROXY_CFG), ("keepalived", KEEPALIVED_CONF)):
+        if unit not in touched:
+            continue
+        # The old files were serving before; bring the unit back to them.
+        verb = "restart" if f"/etc/default/{unit}" in paths else "reload"
+        cmds.append(f"if systemctl is-active -q {unit}; then systemctl {verb} {unit}; "
+                    f"elif [ -s {conf} ]; then systemctl start {unit}; fi")
+    for cmd in cmds:
+        host.run(cmd, sudo=True, timeout=60)

@@ -1,0 +1,131 @@
+"""edgekit status: per-peer health, VIP holders, drift, and one verdict for the cluster."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+
+from edgekit.deploy.facts import HostFacts
+from edgekit.errors import EdgekitError
+from edgekit.hosts import close_all, gather, in_parallel, peer_hosts
+from edgekit.inventory import Loaded
+from edgekit.remote import Host
+from edgekit.render import render_all
+
+# Reads haproxy's runtime API (a unix socket) on the host; python3 is on every
+# Debian edgekit supports, socat is not.
+SHOW_STAT = (
+    "python3 -c 'import socket;s=socket.socket(socket.AF_UNIX);"
+    's.connect("/run/haproxy/admin.sock");s.sendall(b"show stat\\n");'
+    "import sys;[sys.stdout.write(c.decode()) for c in iter(lambda:s.recv(65536),b\"\")]'"
+)
+
+
+@dataclass
+class PeerStatus:
+    name: str
+    reachable: bool
+    error: str = ""
+    haproxy_up: bool = False
+    keepalived_up: bool = False
+    vrrp: dict[str, str] = field(default_factory=dict)  # VI_51 -> MASTER
+    vips: list[str] = field(default_factory=list)
+    servers: dict[str, dict[str, str]] = field(default_factory=dict)  # backend -> server -> UP
+    drift: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClusterStatus:
+    peers: list[PeerStatus]
+    holders: dict[str, list[str]]
+    problems: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    @property
+    def verdict(self) -> str:
+        return "healthy" if self.healthy else "; ".join(self.problems)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"healthy": self.healthy, "verdict": self.verdict, "problems": self.problems,
+                "vip_holders": self.holders, "peers": [asdict(p) for p in self.peers]}
+
+
+def parse_show_stat(text: str, backends: set[str]) -> dict[str, dict[str, str]]:
+    """haproxy `show stat` CSV -> {backend: {server: status}} for our backends."""
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    out: dict[str, dict[str, str]] = {}
+    for row in rows:
+        px, sv = row.get("pxname"), row.get("svname")
+        if px in backends and sv not in ("FRONTEND", "BACKEND", None):
+            out.setdefault(px, {})[sv] = (row.get("status") or "?").split(" ")[0]
+    return out
+
+
+def peer_status(loaded: Loaded, host: Host, wanted: dict[str, str]) -> PeerStatus:
+    try:
+        facts = gather(host, list(wanted))
+    except EdgekitError as exc:
+        return PeerStatus(host.name, reachable=False, error=str(exc))
+    st = PeerStatus(host.name, reachable=True)
+    st.haproxy_up = facts.units.get("haproxy", ("",))[0] == "active" and bool(facts.haproxy_pids)
+    st.keepalived_up = facts.units.get("keepalived", ("",))[0] == "active"
+    instances = [f"VI_{v.vrid}" for v in loaded.inventory.vips]
+    st.vrrp = {i: (facts.vrrp_states.get(i, "UNKNOWN") if st.keepalived_up else "STOPPED")
+               for i in instances}
+    st.vips = [str(v.address.ip) for v in loaded.inventory.vips if facts.holds(v.address)]
+    st.drift = drift(facts, wanted)
+    if st.haproxy_up:
+        result = host.run(SHOW_STAT, sudo=True, timeout=15)
+        if result.ok:
+            st.servers = parse_show_stat(result.stdout,
+                                         {s.name for s in loaded.inventory.services})
+    return st
+
+
+def drift(facts: HostFacts, wanted: dict[str, str]) -> list[str]:
+    """Managed files whose live content differs from the rendered one."""
+    return [path for path, content in wanted.items()
+            if (live := facts.files.get(path)) is None or live.content != content]
+
+
+def verdict(loaded: Loaded, peers: list[PeerStatus]) -> tuple[dict[str, list[str]], list[str]]:
+    problems: list[str] = []
+    holders = {str(v.address.ip): [p.name for p in peers if str(v.address.ip) in p.vips]
+               for v in loaded.inventory.vips}
+    for vip, names in holders.items():
+        if not names:
+            problems.append(f"no holder for VIP {vip}")
+        elif len(names) > 1:
+            problems.append(f"split brain: VIP {vip} on {', '.join(names)}")
+    for p in peers:
+        if not p.reachable:
+            problems.append(f"{p.name} unreachable")
+            continue
+        if not p.haproxy_up:
+            problems.append(f"{p.name}: haproxy down")
+        if not p.keepalived_up:
+            problems.append(f"{p.name}: keepalived down")
+        faults = [i for i, s in p.vrrp.items() if s not in ("MASTER", "BACKUP")]
+        if p.keepalived_up and faults:
+            problems.append(f"{p.name}: {', '.join(f'{i} {p.vrrp[i]}' for i in faults)}")
+        if p.drift:
+            problems.append(f"drift on {p.name}: {', '.join(p.drift)}")
+    return holders, problems
+
+
+def cluster_status(loaded: Loaded, hosts: dict[str, Host] | None = None) -> ClusterStatus:
+    own = hosts is None
+    hosts = hosts if hosts is not None else peer_hosts(loaded)
+    files = render_all(loaded)
+    try:
+        peers = list(in_parallel(hosts, lambda h: peer_status(
+            loaded, h, {f.path: f.content for f in files[h.name]})).values())
+    finally:
+        if own:
+            close_all(hosts)
+    holders, problems = verdict(loaded, peers)
+    return ClusterStatus(peers, holders, problems)
