@@ -140,3 +140,62 @@ def _status_table(st) -> None:  # type: ignore[no-untyped-def]
                    f"{','.join(p.vips) or '-':<18} {f'{up}/{total}':<11} "
                    f"{','.join(p.drift) or '-'}")
     typer.echo(f"verdict: {st.verdict}")
+
+
+@app.command("failover-test")
+def failover_test(
+    inventory: Inv = Path("edge.yaml"),
+    scenario: Annotated[list[str] | None, typer.Option(
+        "--scenario", "-s", help="graceful, haproxy-down, keepalived-crash, link-down, "
+        "host-down (repeatable; default: all that can run here).")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Also write results.json and an SVG timeline per scenario here.")
+    ] = None,
+    hold: Annotated[float, typer.Option("--hold", help="Seconds each fault lasts.")] = 3.0,
+    allow_host_down: Annotated[bool, typer.Option(
+        "--allow-host-down", help="Run host-down on real hosts (powers the holder off).")
+    ] = False,
+    allow_drift: Annotated[bool, typer.Option(
+        "--allow-drift", help="Run although live configs differ from the inventory.")
+    ] = False,
+    json_out: Json = False,
+) -> int:
+    """Break the VIP holder in realistic ways under live traffic; measure what clients saw."""
+    from edgekit.errors import InputError
+    from edgekit.failover import power as power_mod
+    from edgekit.failover.report import results_json, write_report
+    from edgekit.failover.run import Options, run
+    from edgekit.failover.scenarios import SCENARIOS
+    from edgekit.hosts import peer_hosts
+
+    loaded = _load(inventory, None)
+    power = power_mod.power_for(inventory, peer_hosts(loaded), allow_host_down)
+    names = scenario or [s for s in SCENARIOS if s != "host-down" or power is not None]
+    for name in names:
+        if name not in SCENARIOS:
+            raise InputError(f"--scenario: unknown scenario {name!r} "
+                             f"(known: {', '.join(SCENARIOS)})")
+        if name == "host-down":
+            power_mod.require_power(power)
+    if not scenario and power is None:
+        note("host-down skipped: real hosts need --allow-host-down")
+    results = run(loaded, names, power, Options(hold_s=hold, allow_drift=allow_drift),
+                  (lambda _m: None) if json_out else note)
+    data = results_json(results)
+    if report:
+        write_report(report, results, [p.name for p in loaded.inventory.peers])
+    if json_out:
+        echo_json(data)
+    else:
+        typer.echo(f"{'scenario':<18} {'result':<7} {'outage_s':>9} {'budget':>7} "
+                   f"{'vip_move_s':>11} {'failed/total':>13} {'split_s':>8} recovered")
+        for r in results:
+            move = "-" if r.vip_move_s is None else f"{r.vip_move_s:.2f}"
+            typer.echo(f"{r.name:<18} {'PASS' if r.passed else 'FAIL':<7} "
+                       f"{r.outage_s:>9.2f} {r.budget_s:>7.1f} {move:>11} "
+                       f"{f'{r.failed_probes}/{r.total_probes}':>13} "
+                       f"{r.split_brain_s:>8.2f} {'yes' if r.recovered else 'NO'}"
+                       + (f"  ({r.error})" if r.error else ""))
+        if report:
+            note(f"report written to {report}/")
+    return int(ExitCode.OK if data["passed"] else ExitCode.FAILED)

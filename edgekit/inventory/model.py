@@ -15,13 +15,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 IFNAME_RE = r"^[A-Za-z0-9_.@-]{1,15}$"
-PATH_RE = r"^/\S*$"
+# No spaces, '#' (haproxy's comment), quotes or backslashes: these land unquoted in haproxy.cfg.
+PATH_RE = r"^/[^\s#\"'\\]*$"
 STATS_USER_RE = r"^[A-Za-z0-9_.-]+$"
+HOST_RE = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+HOST_HEADER_RE = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$"
+ENV_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DURATION_RE = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+# strict: YAML's `true` must not pass as port 1 or VRID 1.
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 Name = Annotated[str, Field(pattern=NAME_RE)]
 IfName = Annotated[str, Field(pattern=IFNAME_RE)]
+EnvName = Annotated[str, Field(pattern=ENV_RE)]
+
+
+def _ip_text(value: object) -> object:
+    # pydantic would turn an integer into an address (12 -> 0.0.0.12).
+    if not isinstance(value, str):
+        raise ValueError("expected an IPv4 address such as 10.10.0.11")
+    return value
 
 
 class Strict(BaseModel):
@@ -41,25 +54,26 @@ class Vrrp(Strict):
     interface: IfName = "eth0"
     # 0.25 s with VRRPv3 moves the VIP within a second on a hard failure and
     # did not flap under full CPU load in the lab (shared/notes/lab-facts.md).
-    advert_int: Annotated[float, Field(gt=0, le=40)] = 0.25
+    advert_int: Annotated[float, Field(strict=True, gt=0, le=40)] = 0.25
     version: Literal[2, 3] = 3
     unicast: bool = True
     preempt: bool = False
     # VRRPv2 only (VRRPv3 has no authentication); read from the environment or a file.
-    auth_pass_env: str | None = None
+    auth_pass_env: EnvName | None = None
     auth_pass_file: str | None = None
-    garp_refresh: Annotated[int, Field(ge=0, le=3600)] = 60
+    garp_refresh: Annotated[int, Field(strict=True, ge=0, le=3600)] = 60
 
 
 class Vip(Strict):
     address: ipaddress.IPv4Interface
-    vrid: int
+    vrid: Annotated[int, Field(strict=True)]
     preferred: Name | None = None
     interface: IfName | None = None
 
     @field_validator("address", mode="before")
     @classmethod
     def _needs_prefix(cls, value: object) -> object:
+        _ip_text(value)
         if isinstance(value, str) and "/" not in value:
             raise ValueError("a VIP needs its subnet prefix, e.g. 10.10.0.100/24")
         return value
@@ -74,34 +88,36 @@ class Peer(Strict):
     ssh_host: str | None = None
     ssh_port: Port | None = None
 
+    _address = field_validator("address", mode="before")(_ip_text)
+
 
 class Ssh(Strict):
     user: str = "root"
     port: Port = 22
     identity_file: str | None = None
     known_hosts: str | None = None
-    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10
+    connect_timeout: Annotated[float, Field(strict=True, gt=0, le=300)] = 10
 
 
 class Server(Strict):
     name: Name
-    address: str = Field(min_length=1)
+    address: str = Field(pattern=HOST_RE)  # an IPv4 address or a host name
     port: Port | None = None
-    weight: Annotated[int, Field(ge=0, le=256)] | None = None
+    weight: Annotated[int, Field(strict=True, ge=0, le=256)] | None = None
     backup: bool = False
 
 
 class Health(Strict):
     type: Literal["tcp", "http", "https"] = "tcp"
     path: str = Field(default="/healthz", pattern=PATH_RE)
-    expect_status: Annotated[int, Field(ge=100, le=599)] = 200
-    host: str | None = None
+    expect_status: Annotated[int, Field(strict=True, ge=100, le=599)] = 200
+    host: str | None = Field(default=None, pattern=HOST_HEADER_RE)
 
 
 class Check(Strict):
     inter: str = "2s"
-    fall: Annotated[int, Field(ge=1, le=100)] = 3
-    rise: Annotated[int, Field(ge=1, le=100)] = 2
+    fall: Annotated[int, Field(strict=True, ge=1, le=100)] = 3
+    rise: Annotated[int, Field(strict=True, ge=1, le=100)] = 2
 
     _inter = field_validator("inter", mode="before")(_duration)
 
@@ -119,6 +135,9 @@ class Service(Strict):
     check: Check = Check()
     # Extra haproxy lines appended to the service's backend section, passed through as
     # written; the hosts' `haproxy -c` validates them before they go live.
+    # How failover-test probes it: an HTTP GET or a bare TCP connect (default: HTTP on
+    # port 80 and 8080, TCP elsewhere).
+    probe: Literal["http", "tcp"] | None = None
     haproxy_options: list[Annotated[str, Field(pattern=r"^[^\n\r#]+$")]] = []
 
     _timeout = field_validator("timeout", mode="before")(
@@ -129,13 +148,13 @@ class Service(Strict):
 class Stats(Strict):
     port: Port = 8404
     user: str = Field(default="admin", pattern=STATS_USER_RE)
-    password_env: str | None = None
+    password_env: EnvName | None = None
     password_file: str | None = None
     uri: str = Field(default="/stats", pattern=PATH_RE)
 
 
 class Haproxy(Strict):
-    maxconn: Annotated[int, Field(ge=1, le=10_000_000)] = 20000
+    maxconn: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] = 20000
     connect_timeout: str = "5s"
     client_timeout: str = "1m"
     server_timeout: str = "1m"

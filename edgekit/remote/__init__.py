@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import shlex
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,3 +175,39 @@ class Host:
             sftp.chmod(remote_path, mode)
         except (OSError, paramiko.SSHException) as exc:
             raise HostError(self.name, f"upload to {remote_path} failed: {exc}") from None
+
+
+def stream_lines(host: Host, command: str, on_line: Callable[[str], None],
+                 stop: threading.Event, idle_timeout: float = 2.0) -> None:
+    """Run a long-lived command and hand each stdout line to on_line until `stop` is set.
+
+    Reconnects when the connection dies or stalls for idle_timeout (a host that lost
+    its link or power), so a watcher outlives the fault it is watching.
+    """
+    while not stop.is_set():
+        watcher = Host(SshTarget(**{**host.target.__dict__,
+                                    "connect_timeout": min(host.target.connect_timeout, 2.0)}))
+        try:
+            watcher.connect()
+            assert watcher._conn is not None
+            transport = watcher._conn.client.get_transport()
+            assert transport is not None
+            chan = transport.open_session()
+            chan.settimeout(idle_timeout)
+            chan.exec_command(f"sh -c {shlex.quote(command)}")
+            buf = b""
+            while not stop.is_set():
+                try:
+                    data = chan.recv(4096)
+                except TimeoutError:
+                    break  # stalled: reconnect
+                if not data:
+                    break
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace"))
+        except (OSError, paramiko.SSHException, OperationError):
+            stop.wait(0.2)
+        finally:
+            watcher.close()

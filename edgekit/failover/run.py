@@ -1,0 +1,179 @@
+"""Run failover scenarios against the VIP holder under live traffic and measure them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from edgekit.errors import EdgekitError, OperationError
+from edgekit.failover import measure
+from edgekit.failover.probes import OwnershipWatcher, Prober, Target
+from edgekit.failover.scenarios import SCENARIOS, PowerDriver, inject, restore
+from edgekit.hosts import close_all, peer_hosts
+from edgekit.inventory import Loaded
+from edgekit.status import ClusterStatus, cluster_status
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    holder: str = ""
+    new_holder: str = ""
+    vip_move_s: float | None = None
+    outage_s: float = 0.0
+    failed_probes: int = 0
+    total_probes: int = 0
+    split_brain_s: float = 0.0
+    lasting_split_brain: bool = False
+    recovered: bool = False
+    passed: bool = False
+    budget_s: float = 0.0
+    error: str = ""
+    # For the report's timeline; left out of the JSON summary.
+    fault_t: float = 0.0
+    restore_t: float = 0.0
+    probes: list[measure.Probe] = field(default_factory=list, repr=False)
+    samples: list[measure.Sample] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, object]:
+        d = asdict(self)
+        for key in ("probes", "samples", "fault_t", "restore_t"):
+            d.pop(key)
+        return d
+
+
+@dataclass
+class Options:
+    hold_s: float = 3.0  # how long a fault lasts before it is undone
+    settle_s: float = 1.0
+    recover_timeout_s: float = 60.0
+    allow_drift: bool = False  # the benchmark runs baseline configs that differ on purpose
+
+
+def probe_targets(loaded: Loaded) -> list[Target]:
+    vip = str(loaded.inventory.vips[0].address.ip)
+    return [Target(s.name, vip, s.listen, http=(s.probe or ("http" if s.listen in (80, 8080)
+                                                             else "tcp")) == "http")
+            for s in loaded.inventory.services]
+
+
+def _ready(st: ClusterStatus, allow_drift: bool) -> list[str]:
+    return [p for p in st.problems if not (allow_drift and p.startswith("drift on "))]
+
+
+def wait_healthy(loaded: Loaded, hosts: dict, timeout: float,  # type: ignore[type-arg]
+                 allow_drift: bool) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not _ready(cluster_status(loaded, hosts), allow_drift):
+                return True
+        except EdgekitError:
+            pass
+        time.sleep(1.0)
+    return False
+
+
+def run_scenario(loaded: Loaded, name: str, power: PowerDriver | None, opts: Options,
+                 progress: Progress) -> ScenarioResult:
+    inv = loaded.inventory
+    scenario = SCENARIOS[name]
+    result = ScenarioResult(name, budget_s=scenario.budget_s)
+    hosts = peer_hosts(loaded)
+    vip = inv.vips[0]
+    vip_ip = str(vip.address.ip)
+    try:
+        st = cluster_status(loaded, hosts)
+        problems = _ready(st, opts.allow_drift)
+        if problems:
+            raise OperationError(f"{name}: the cluster is not healthy, refusing to inject a "
+                                 f"fault: {'; '.join(problems)}")
+        result.holder = st.holders[vip_ip][0]
+        peer = next(p for p in inv.peers if p.name == result.holder)
+        iface = peer.interface or vip.interface or inv.vrrp.interface
+        watcher = OwnershipWatcher(peer_hosts(loaded), vip_ip).start()
+        prober = Prober(probe_targets(loaded)).start()
+        holder_host = hosts[result.holder]
+        try:
+            _wait_for_samples(watcher, [p.name for p in inv.peers])
+            time.sleep(1.0)  # a baseline of good probes before the fault
+            progress(f"{name}: {scenario.description} ({result.holder})")
+            result.fault_t = time.time()
+            try:
+                inject(name, holder_host, iface, opts.hold_s, power)
+                _wait_move(watcher, result.holder, [p.name for p in inv.peers], opts.hold_s)
+                if name == "link-down":
+                    # The host brings its link back itself; give it that time.
+                    time.sleep(max(0.0, result.fault_t + opts.hold_s + 0.5 - time.time()))
+            finally:
+                result.restore_t = time.time()
+                holder_host.close()  # its connection may have died with the fault
+                try:
+                    restore(name, holder_host, iface, power)
+                except EdgekitError as exc:
+                    result.error = f"restore failed: {exc}"
+            progress(f"{name}: restored; waiting for the cluster to be healthy")
+            result.recovered = wait_healthy(loaded, hosts, opts.recover_timeout_s,
+                                            opts.allow_drift)
+            time.sleep(opts.settle_s)
+        finally:
+            result.probes = prober.stop()
+            result.samples = watcher.stop()
+        _measure(result, [p.name for p in inv.peers])
+        return result
+    finally:
+        close_all(hosts)
+
+
+def _wait_for_samples(watcher: OwnershipWatcher, peers: list[str],
+                      timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = {s.peer for s in watcher.samples[-50:]}
+        if seen >= set(peers):
+            return
+        time.sleep(0.1)
+    raise OperationError("no VIP ownership samples from every peer within "
+                         f"{timeout:.0f}s (SSH to the peers?)")
+
+
+def _wait_move(watcher: OwnershipWatcher, old: str, peers: list[str], hold_s: float) -> None:
+    """Hold the fault for hold_s, and at least until another peer took the VIP (max 15 s)."""
+    start = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - start
+        holders = watcher.holders_now(peers)
+        moved = bool(holders) and old not in holders
+        if (elapsed >= hold_s and moved) or elapsed >= max(hold_s, 15.0):
+            return
+        time.sleep(0.1)
+
+
+def _measure(r: ScenarioResult, peers: list[str]) -> None:
+    timeline = measure.holder_timeline(r.samples, peers)
+    r.total_probes = len(r.probes)
+    r.failed_probes = sum(1 for p in r.probes if not p.ok)
+    r.outage_s = round(measure.outage(r.probes), 3)
+    move = measure.vip_move(timeline, r.holder, r.fault_t)
+    r.vip_move_s = None if move is None else round(move, 3)
+    after = [h for t, h in timeline if t >= r.fault_t and h and r.holder not in h]
+    r.new_holder = ",".join(sorted(after[0])) if after else ""
+    r.split_brain_s = round(measure.split_brain(timeline), 3)
+    end_holders = timeline[-1][1] if timeline else frozenset()
+    r.lasting_split_brain = len(end_holders) > 1
+    r.passed = (r.recovered and r.vip_move_s is not None and r.outage_s <= r.budget_s
+                and not r.lasting_split_brain and not r.error)
+
+
+def run(loaded: Loaded, scenarios: list[str], power: PowerDriver | None,
+        opts: Options, progress: Progress) -> list[ScenarioResult]:
+    results = []
+    for name in scenarios:
+        results.append(run_scenario(loaded, name, power, opts, progress))
+        r = results[-1]
+        progress(f"{name}: {'PASS' if r.passed else 'FAIL'} outage {r.outage_s:.2f}s "
+                 f"(budget {r.budget_s}s), VIP moved in {r.vip_move_s}s")
+    return results
