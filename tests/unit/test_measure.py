@@ -1,0 +1,99 @@
+"""Measurement logic on recorded series: outage, VIP move, split brain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgekit.failover.measure import (
+    Probe,
+    Sample,
+    holder_timeline,
+    outage,
+    split_brain,
+    transitions,
+    vip_move,
+)
+
+DATA = Path(__file__).parent.parent / "data" / "recorded"
+
+
+def probes(pattern: str, start: float = 100.0, step: float = 0.05) -> list[Probe]:
+    return [Probe(start + i * step, c == "1") for i, c in enumerate(pattern)]
+
+
+def test_outage_is_zero_when_every_probe_succeeds() -> None:
+    assert outage(probes("1111111")) == 0.0
+
+
+def test_outage_spans_first_failure_to_next_success() -> None:
+    # failures at indexes 2..5, success again at 6: 4 probes x 50 ms
+    assert outage(probes("1100001111")) == pytest.approx(0.20)
+
+
+def test_outage_takes_the_longest_of_several_runs() -> None:
+    assert outage(probes("10111000001011")) == pytest.approx(0.25)
+
+
+def test_outage_still_failing_at_the_end_lasts_to_the_last_probe() -> None:
+    assert outage(probes("11000")) == pytest.approx(0.10)
+
+
+def test_outage_merges_targets_by_time() -> None:
+    a = [Probe(1.0, True, "http"), Probe(1.1, False, "http"), Probe(1.3, True, "http")]
+    b = [Probe(1.05, True, "api"), Probe(1.15, False, "api"), Probe(1.25, True, "api")]
+    # 1.1 failed (http) ... 1.25 ok (api) ends the run
+    assert outage(a + b) == pytest.approx(0.15)
+
+
+def samples(rows: list[tuple[float, str, int]]) -> list[Sample]:
+    return [Sample(t, p, bool(h)) for t, p, h in rows]
+
+
+def test_vip_move_is_time_from_fault_to_a_new_single_holder() -> None:
+    tl = holder_timeline(samples([
+        (0.0, "a", 1), (0.0, "b", 0), (1.0, "a", 1), (1.0, "b", 0),
+        (1.2, "a", 0), (1.3, "b", 0), (1.6, "b", 1), (1.7, "a", 0)]), ["a", "b"])
+    assert vip_move(tl, "a", fault_t=1.1) == pytest.approx(0.5)
+
+
+def test_vip_move_is_none_when_the_vip_never_left() -> None:
+    tl = holder_timeline(samples([(t / 10, "a", 1) for t in range(30)]
+                                 + [(t / 10, "b", 0) for t in range(30)]), ["a", "b"])
+    assert vip_move(tl, "a", fault_t=0.5) is None
+
+
+def test_split_brain_counts_time_with_two_holders() -> None:
+    tl = holder_timeline(samples([
+        (0.0, "a", 1), (0.0, "b", 0), (1.0, "b", 1), (1.0, "a", 1),
+        (1.5, "a", 1), (1.5, "b", 1), (2.0, "a", 0), (2.0, "b", 1)]), ["a", "b"])
+    assert split_brain(tl) == pytest.approx(1.0)
+    assert split_brain(tl, since=1.5) == pytest.approx(0.5)
+
+
+def test_a_silent_peer_stops_holding_after_the_stale_window() -> None:
+    # a dies at 1.0 holding the VIP; b takes it at 1.2; a's last word goes stale at 1.5
+    tl = holder_timeline(samples([(0.0, "a", 1), (0.0, "b", 0), (1.0, "a", 1),
+                                  (1.2, "b", 1), (1.4, "b", 1), (1.6, "b", 1)]), ["a", "b"],
+                         stale_after=0.5)
+    assert tl[-1][1] == frozenset({"b"})
+    assert split_brain(tl) == pytest.approx(0.4)
+
+
+def test_transitions_count_holder_changes() -> None:
+    tl = [(0.0, frozenset({"a"})), (1.0, frozenset({"a"})), (2.0, frozenset({"b"})),
+          (3.0, frozenset({"b"}))]
+    assert transitions(tl) == 1
+
+
+def test_recorded_link_down_series() -> None:
+    """A series recorded from a lab link-down run (probes every 50 ms, 0.3 s timeout)."""
+    data = json.loads((DATA / "link-down.json").read_text())
+    ps = [Probe(p["t"], p["ok"], p.get("target", "")) for p in data["probes"]]
+    ss = [Sample(s["t"], s["peer"], s["holds"]) for s in data["samples"]]
+    tl = holder_timeline(ss, data["peers"])
+    assert outage(ps) == pytest.approx(data["expected"]["outage_s"], abs=1e-6)
+    assert vip_move(tl, data["holder"], data["fault_t"]) == pytest.approx(
+        data["expected"]["vip_move_s"], abs=1e-6)
