@@ -26,7 +26,7 @@ def _register() -> None:
     # Imported here so each command module can use `app` without import cycles.
     import importlib
 
-    for name in ("inventory", "ops"):
+    for name in ("inventory", "lab", "ops", "demo"):
         importlib.import_module(f"edgekit.cli.{name}")
 
 
