@@ -236,7 +236,8 @@ def _debootstrap(spec: Recipe, mirror: str, target: Path, log: Path, progress: P
         mirror,
     ]
     started = time.monotonic()
-    phase = ""
+    phases: set[str] = set()
+    shown = 0.0
     tail: list[str] = []
     with (
         log.open("w") as log_file,
@@ -246,11 +247,15 @@ def _debootstrap(spec: Recipe, mirror: str, target: Path, log: Path, progress: P
         for line in proc.stdout:
             log_file.write(line)
             tail = (tail + [line.rstrip()])[-5:]
-            # debootstrap prints a line per package; show only phase changes.
+            # debootstrap prints a line per package: show each new phase, and
+            # within a long phase one line every few seconds as a heartbeat.
             words = line.split()
-            if len(words) >= 2 and words[0] == "I:" and words[1] != phase:
-                phase = words[1]
-                progress(f"  [{time.monotonic() - started:5.0f} s] {line.strip()[3:]}")
+            now = time.monotonic()
+            if len(words) >= 2 and words[0] == "I:":
+                if words[1] not in phases or now - shown >= 5:
+                    phases.add(words[1])
+                    shown = now
+                    progress(f"  [{now - started:5.0f} s] {line.strip()[3:]}")
     if proc.returncode != 0:
         raise OperationError(
             f"debootstrap failed (exit {proc.returncode}): {tail[-1] if tail else ''}",

@@ -1,0 +1,505 @@
+"""The appliance image and the local lab.
+
+Unit tests (no root, no network) cover the pure parts: subnet choice, the
+lab's inventory and known_hosts, the recipe, the mirror, the backend server.
+Tests marked `lab` run against the real lab: nspawn containers booting
+systemd with real sshd, haproxy and keepalived.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgekit.errors import InputError
+from edgekit.image import default_recipe, load_recipe, mirror_from_sources
+from edgekit.lab.plan import (
+    LabInfo,
+    check_subnet,
+    choose_subnet,
+    hosts_file_text,
+    inventory_dict,
+    known_hosts_text,
+    plan_lab,
+)
+from tests.conftest import need_program, need_root
+
+ROOT = Path(__file__).resolve().parents[2]
+# The CLI with the lab commands imported explicitly, so these tests do not
+# depend on edgekit.cli._register (test_cli_registers_... checks that).
+CLI = [
+    sys.executable, "-c",
+    "import sys, edgekit.cli.lab; from edgekit.cli import main; sys.argv[0] = 'edgekit'; main()",
+]  # fmt: skip
+
+ROUTES = """\
+default via 192.0.2.1 dev eth0
+10.213.0.0/24 dev br-other proto kernel scope link src 10.213.0.1
+10.213.1.0/25 dev wg0 scope link
+192.0.2.0/24 dev eth0 proto kernel scope link src 192.0.2.2
+local 127.0.0.0/8 dev lo table local proto kernel scope host src 127.0.0.1
+broadcast 192.0.2.255 dev eth0 table local proto kernel scope link src 192.0.2.2
+"""
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+    )
+
+
+# --- unit: pure logic -----------------------------------------------------------
+
+
+def test_subnet_choice_skips_candidates_that_overlap_a_route() -> None:
+    # 10.213.0.0/24 is taken exactly, 10.213.1.0/24 partly (a /25 inside it).
+    assert choose_subnet(ROUTES) == "10.213.2.0/24"
+
+
+def test_subnet_choice_ignores_the_default_route() -> None:
+    assert choose_subnet("default via 10.0.0.1 dev eth0\n") == "10.213.0.0/24"
+
+
+def test_subnet_choice_fails_when_every_candidate_clashes() -> None:
+    with pytest.raises(InputError, match="--subnet"):
+        choose_subnet("10.0.0.0/8 dev eth0\n", candidates=("10.213.0.0/24", "10.99.0.0/24"))
+
+
+@pytest.mark.parametrize(
+    ("subnet", "why"),
+    [
+        ("10.213.0.0/24", "overlaps"),
+        ("10.50.0.0/16", "/24"),
+        ("8.8.8.0/24", "private"),
+        ("10.213.5.7/24", "host bits"),
+    ],
+)
+def test_given_subnet_is_refused_when_it_clashes_or_is_not_a_private_24(
+    subnet: str, why: str
+) -> None:
+    with pytest.raises(InputError, match=why):
+        check_subnet(subnet, ROUTES)
+
+
+def lab_plan(tmp_path: Path, peers: int = 2, backends: int = 3) -> LabInfo:
+    return plan_lab(tmp_path, "10.213.7.0/24", peers, backends)
+
+
+def test_plan_gives_fixed_addresses_by_role(tmp_path: Path) -> None:
+    lab = lab_plan(tmp_path, peers=3, backends=2)
+    assert [(h.name, h.address) for h in lab.peers] == [
+        ("proxy1", "10.213.7.11"), ("proxy2", "10.213.7.12"), ("proxy3", "10.213.7.13"),
+    ]  # fmt: skip
+    assert [(h.name, h.address) for h in lab.backends] == [
+        ("node1", "10.213.7.21"), ("node2", "10.213.7.22"),
+    ]  # fmt: skip
+    assert (lab.gateway, lab.vip) == ("10.213.7.1", "10.213.7.100")
+    # Kernel limit on interface names: 15 characters.
+    assert all(len(h.veth) <= 15 and h.netns.startswith("edgekit-") for h in lab.hosts)
+
+
+def test_plan_round_trips_through_its_state_record(tmp_path: Path) -> None:
+    lab = lab_plan(tmp_path)
+    assert LabInfo.from_dict(yaml.safe_load(yaml.safe_dump(lab.to_dict()))) == lab
+
+
+def test_plan_refuses_more_peers_than_addresses(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--peers"):
+        lab_plan(tmp_path, peers=11)
+
+
+def test_lab_inventory_is_valid_for_the_inventory_loader(tmp_path: Path) -> None:
+    from edgekit.inventory import load_inventory
+
+    lab = lab_plan(tmp_path)
+    for path in (lab.identity_file, lab.known_hosts):
+        path.write_text("")
+    lab.stats_password_file.write_text("Lab-Password-9fK2mQ7x\n")
+    lab.stats_password_file.chmod(0o600)
+    data = inventory_dict(lab)
+    lab.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_inventory(lab.inventory)  # raises with every problem listed
+    assert data["vips"] == [{"address": "10.213.7.100/24", "vrid": 51}]
+    assert data["vrrp"] == {"interface": "eth1"}
+    assert [p["address"] for p in data["peers"]] == ["10.213.7.11", "10.213.7.12"]
+    assert data["ssh"]["known_hosts"] == str(tmp_path / "known_hosts")
+    assert {s["name"]: s["port"] for s in data["services"]} == {
+        "http": 30080, "https": 30443, "kubernetes-api": 6443,
+    }  # fmt: skip
+
+
+def test_known_hosts_lists_each_address_with_its_own_key() -> None:
+    text = known_hosts_text({
+        "10.213.7.11": "ssh-ed25519 AAAAkey1 root@proxy1",
+        "10.213.7.12": "ssh-ed25519 AAAAkey2 root@proxy2",
+    })  # fmt: skip
+    assert text == "10.213.7.11 ssh-ed25519 AAAAkey1\n10.213.7.12 ssh-ed25519 AAAAkey2\n"
+
+
+def test_hosts_file_names_every_other_host_and_the_vip(tmp_path: Path) -> None:
+    text = hosts_file_text(lab_plan(tmp_path), "proxy1")
+    assert "127.0.1.1\tproxy1\n" in text
+    assert "10.213.7.12\tproxy2\n" in text and "10.213.7.23\tnode3\n" in text
+    assert "10.213.7.11" not in text
+
+
+def test_mirror_comes_from_deb822_sources_skipping_security() -> None:
+    sources = {
+        "debian.sources": (
+            "Types: deb\nURIs: http://security.example/debian-security\n"
+            "Suites: bookworm-security\nComponents: main\n\n"
+            "Types: deb deb-src\nURIs: http://mirror.example/debian/\n"
+            "Suites: bookworm bookworm-updates\nComponents: main\n"
+        ),
+    }
+    assert mirror_from_sources(sources) == "http://mirror.example/debian"
+
+
+def test_mirror_comes_from_one_line_sources() -> None:
+    sources = {
+        "sources.list": (
+            "# deb http://commented.example/debian bookworm main\n"
+            "deb [arch=amd64] http://line.example/debian bookworm main\n"
+        )
+    }
+    assert mirror_from_sources(sources) == "http://line.example/debian"
+    assert mirror_from_sources({}) is None
+
+
+def test_shipped_recipe_is_valid_and_keyed_by_its_content(tmp_path: Path) -> None:
+    recipe_path = default_recipe()
+    recipe, digest = load_recipe(recipe_path)
+    assert recipe.suite == "bookworm" and recipe.variant == "minbase"
+    needed = {"systemd", "systemd-sysv", "dbus", "openssh-server", "haproxy", "keepalived",
+              "iproute2", "nftables", "python3", "sudo"}  # fmt: skip
+    assert needed <= set(recipe.packages)
+    assert recipe.admin.user == "edgekit" and recipe.admin.passwordless_sudo
+    assert recipe.sshd["PermitRootLogin"] == "no"
+    assert recipe.sshd["PasswordAuthentication"] == "no"
+    changed = tmp_path / "r.yaml"
+    changed.write_text(recipe_path.read_text() + "\n# changed\n")
+    assert load_recipe(recipe_path)[1] == digest != load_recipe(changed)[1]
+
+
+def test_recipe_error_names_the_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsuite: bookworm\npackages: [a]\nadmin: {user: Root}\n")
+    with pytest.raises(InputError, match=r"bad\.yaml: admin\.user"):
+        load_recipe(bad)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_backend_server_answers_with_its_name_and_healthz(tmp_path: Path) -> None:
+    need_program("openssl")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=t", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    ports = [free_port() for _ in range(3)]
+    server = ROOT / "edgekit" / "lab" / "backend_server.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(server), "--name", "nodeX", "--cert", str(cert), "--key", str(key),
+         "--bind", "127.0.0.1", "--ports", ",".join(map(str, ports))],
+    )  # fmt: skip
+    try:
+        wait_port("127.0.0.1", ports[2])
+        assert http_get(f"http://127.0.0.1:{ports[0]}/") == "nodeX"
+        assert http_get(f"https://127.0.0.1:{ports[1]}/") == "nodeX"
+        assert http_get(f"https://127.0.0.1:{ports[2]}/healthz") == "ok"
+        # A TCP check that never handshakes must not stall the TLS listener.
+        with socket.create_connection(("127.0.0.1", ports[1])):
+            assert http_get(f"https://127.0.0.1:{ports[1]}/") == "nodeX"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_cli_registers_the_lab_and_image_commands() -> None:
+    for group in ("lab", "image"):
+        result = subprocess.run([sys.executable, "-m", "edgekit", group, "--help"],
+                                capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "Usage" in result.stdout
+
+
+# --- helpers for the lab tests ------------------------------------------------------
+
+
+def wait_port(address: str, port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((address, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{address}:{port} does not answer")
+
+
+def http_get(url: str) -> str:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the lab's self-signed certificate
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
+        assert response.status == 200
+        return str(response.read().decode().strip())
+
+
+def leftovers() -> dict[str, list[str]]:
+    """Everything of a lab that could be left on the machine."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    found = {
+        "netns": [n.split()[0] for n in netns.splitlines() if n.startswith("edgekit-")],
+        "links": [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()
+                  if re.match(r"^\d+: (ekbr\d|ek-)", ln)],
+        "mounts": [m for m in mounts if " edgekit-" in m or "/edgekit/lab/" in m],
+        "cgroups": [str(p) for p in Path("/sys/fs/cgroup").glob("*/edgekit-lab")]
+        + [str(p) for p in Path("/sys/fs/cgroup").glob("edgekit-lab")],
+        "processes": lab_processes(),
+    }  # fmt: skip
+    return {k: v for k, v in found.items() if v}
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def lab_processes() -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cgroups = (proc / "cgroup").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            continue  # already dead; this machine's PID 1 reaps orphans lazily
+        if (
+            "/edgekit-lab/" in cgroups
+            or "backend_server.py" in cmdline
+            or ("systemd-nspawn" in cmdline and "/edgekit/lab/" in cmdline)
+        ):
+            found.append(f"{proc.name} {cmdline[:80]}")
+    return found
+
+
+# --- the lab: its own up/down cycles (run before the shared lab) -------------------
+
+
+@pytest.mark.lab
+def test_lab_down_leaves_nothing_behind(lab_cycle: None) -> None:
+    up = cli("lab", "up")
+    assert up.returncode == 0, up.stderr
+    assert Path(up.stdout.strip()).name == "edge.yaml"
+    assert leftovers(), "the lab was not up, so this test would prove nothing"
+    down = cli("lab", "down")
+    assert down.returncode == 0, down.stderr
+    assert leftovers() == {}
+    again = cli("lab", "down")  # nothing there: still fine
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.lab
+def test_two_ups_in_a_row_leave_one_lab(lab_cycle: None) -> None:
+    from edgekit.lab import local
+
+    first = local.up(peers=2, backends=1)
+    second = local.up(peers=1, backends=1)
+    assert [h.name for h in second.hosts] == ["proxy1", "node1"]
+    assert second.subnet == first.subnet  # the first lab's routes were gone first
+    found = leftovers()
+    assert sorted(found["netns"]) == ["edgekit-node1", "edgekit-proxy1"]
+    assert sorted(found["links"]) == ["ek-node1", "ek-proxy1", "ekbr0"]
+    assert len([m for m in found["mounts"] if " edgekit-" in m]) == 1
+    assert len([p for p in found["processes"] if "systemd-nspawn" in p]) == 1
+    assert [s.up for s in local.status()] == [True, True]
+
+
+@pytest.mark.lab
+def test_lab_up_cleans_a_half_built_lab_first(lab_cycle: None) -> None:
+    from edgekit.lab import local
+
+    local.down()
+    # What an interrupted `lab up` leaves: a bridge and a namespace, no record.
+    subprocess.run(["ip", "link", "add", "ekbr0", "type", "bridge"], check=True)
+    subprocess.run(["ip", "netns", "add", "edgekit-proxy1"], check=True)
+    lab = local.up(peers=1, backends=1)
+    assert [s.up for s in local.status()] == [True, True]
+    assert lab.peers[0].name == "proxy1"
+    local.down()
+    assert leftovers() == {}
+
+
+@pytest.mark.lab
+def test_lab_commands_without_root_say_what_is_missing() -> None:
+    need_root()  # to drop it
+    need_program("setpriv")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CLI, "lab", "down"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd="/")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "edgekit: the local lab needs root: run it with sudo"
+    ]
+
+
+# --- the shared lab -----------------------------------------------------------------
+
+
+@pytest.mark.lab
+def test_every_proxy_accepts_ssh_with_strict_host_key_checking(lab: LabInfo) -> None:
+    known = lab.known_hosts.read_text()
+    for peer in lab.peers:
+        assert peer.address in known
+        argv = [
+            "ssh", "-i", str(lab.identity_file), "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={lab.known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+            f"{lab.ssh_user}@{peer.address}", "hostname; sudo -n id -u",
+        ]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [peer.name, "0"]
+
+
+@pytest.mark.lab
+def test_ssh_refuses_a_host_whose_key_is_not_the_labs(lab: LabInfo, tmp_path: Path) -> None:
+    # Proves strict checking is real: the same login against another host's key fails.
+    first, second = lab.peers[0], lab.peers[1]
+    wrong = tmp_path / "known_hosts"
+    line = next(
+        x for x in lab.known_hosts.read_text().splitlines() if x.startswith(second.address + " ")
+    )
+    wrong.write_text(line.replace(second.address, first.address, 1) + "\n")
+    argv = [
+        "ssh", "-i", str(lab.identity_file), "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={wrong}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", f"{lab.ssh_user}@{first.address}", "true",
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 255
+    assert "HOST IDENTIFICATION HAS CHANGED" in result.stderr
+
+
+@pytest.mark.lab
+def test_each_proxy_runs_systemd_with_the_edge_packages_and_its_own_identity(
+    lab: LabInfo, lab_ssh
+) -> None:
+    machine_ids = set()
+    for peer in lab.peers:
+        result = lab_ssh(
+            peer.name,
+            "systemctl is-system-running; "
+            "dpkg-query -W -f='${Package} ${Status}\\n' haproxy keepalived openssh-server; "
+            "systemctl is-active ssh; cat /etc/machine-id",
+        )
+        lines = result.stdout.splitlines()
+        assert lines[0] == "running", (lines, lab_ssh(peer.name, "systemctl --failed").stdout)
+        assert lines[1:4] == [
+            "haproxy install ok installed",
+            "keepalived install ok installed",
+            "openssh-server install ok installed",
+        ]
+        assert lines[4] == "active"
+        machine_ids.add(lines[5])
+    assert len(machine_ids) == len(lab.peers)
+
+
+@pytest.mark.lab
+def test_each_proxy_may_add_the_vip_and_set_its_network_sysctls(lab: LabInfo, lab_ssh) -> None:
+    # What keepalived and haproxy need: CAP_NET_ADMIN and a writable /proc/sys/net.
+    peer = lab.peers[0]
+    result = lab_ssh(
+        peer.name,
+        f"sudo ip addr add {lab.vip}/24 dev eth1 && sudo ip addr del {lab.vip}/24 dev eth1 && "
+        "sudo sysctl -qw net.ipv4.ip_nonlocal_bind=1 && cat /proc/sys/net/ipv4/ip_nonlocal_bind",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+@pytest.mark.lab
+def test_each_backend_answers_on_its_ports_from_the_machine(lab: LabInfo) -> None:
+    for node in lab.backends:
+        assert http_get(f"http://{node.address}:30080/") == node.name
+        assert http_get(f"https://{node.address}:30443/") == node.name
+        assert http_get(f"https://{node.address}:6443/healthz") == "ok"
+
+
+@pytest.mark.lab
+def test_lab_has_no_route_out_and_no_uplink(lab: LabInfo, lab_ssh) -> None:
+    for peer in lab.peers:
+        routes = lab_ssh(peer.name, "ip -4 route show").stdout
+        assert "default" not in routes
+        assert ipaddress.IPv4Network(routes.split()[0]) == ipaddress.IPv4Network(lab.subnet)
+    ports = subprocess.run(["ip", "-o", "link", "show", "master", lab.bridge],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    names = [line.split(":")[1].strip().split("@")[0] for line in ports.splitlines()]
+    assert sorted(names) == sorted(h.veth for h in lab.hosts)
+
+
+@pytest.mark.lab
+def test_lab_status_lists_every_host_up(lab: LabInfo) -> None:
+    result = cli("lab", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    hosts = json.loads(result.stdout)
+    assert [(h["name"], h["role"], h["up"]) for h in hosts] == [
+        *((p.name, "proxy", True) for p in lab.peers),
+        *((b.name, "backend", True) for b in lab.backends),
+    ]
+    path = cli("lab", "inventory")
+    assert path.stdout.strip() == str(lab.inventory)
+
+
+@pytest.mark.lab
+def test_killed_host_is_gone_at_once_and_boots_again_with_the_same_identity(
+    lab: LabInfo, lab_ssh
+) -> None:
+    from edgekit.lab import local
+
+    peer = lab.peers[-1]
+    before = lab_ssh(peer.name, "cat /etc/machine-id").stdout
+    old_pid = local.host_pid(peer.name)
+    local.kill_host(peer.name)
+    try:
+        assert not running(old_pid)
+        link = subprocess.run(["ip", "-o", "link", "show", peer.veth], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+        assert "state DOWN" in link
+        assert {s.name: s.up for s in local.status()}[peer.name] is False
+    finally:
+        local.start_host(peer.name)
+    after = lab_ssh(peer.name, "cat /etc/machine-id")  # strict ssh: same host key
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == before
+    assert local.host_pid(peer.name) != old_pid
