@@ -56,10 +56,10 @@ def main() -> None:
     except typer.Abort:
         err("aborted")
         sys.exit(int(ExitCode.INTERRUPTED))
-    except Exception as exc:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # usage errors and the unexpected
+        # Usage errors are click's ClickException; typer vendors click in newer
+        # releases, so recognise it by shape rather than by import.
+        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(int(ExitCode.BAD_INPUT))
         if debug:
