@@ -154,7 +154,9 @@ class Stats(Strict):
 
 
 class Haproxy(Strict):
-    maxconn: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] = 20000
+    # Unset, haproxy derives it from the open-files limit it is given, which fits
+    # every host; a fixed value above what the limit allows stops haproxy from starting.
+    maxconn: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] | None = None
     connect_timeout: str = "5s"
     client_timeout: str = "1m"
     server_timeout: str = "1m"
