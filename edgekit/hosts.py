@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from edgekit.deploy.facts import HostFacts, gather_command, parse_facts
+from edgekit.facts import HostFacts, gather_command, parse_facts
 from edgekit.inventory import Loaded
 from edgekit.remote import CommandError, Host, SshTarget
 

@@ -6,7 +6,7 @@ import csv
 import io
 from dataclasses import asdict, dataclass, field
 
-from edgekit.deploy.facts import HostFacts
+from edgekit.facts import HostFacts
 from edgekit.errors import EdgekitError
 from edgekit.hosts import close_all, gather, in_parallel, peer_hosts
 from edgekit.inventory import Loaded

@@ -6,7 +6,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-from edgekit.deploy.facts import HostFacts, LiveFile
+from edgekit.facts import HostFacts, LiveFile
 from edgekit.render import RenderedFile
 
 MASK = "********"
