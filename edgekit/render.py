@@ -63,10 +63,20 @@ def _env() -> jinja2.Environment:
     )
 
 
-def inventory_hash(inv: Inventory) -> str:
-    """Hash of the validated model (secrets are not in it): the same on every peer."""
-    canonical = json.dumps(inv.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def inventory_hash(inv: Inventory, sections: tuple[str, ...] | None = None) -> str:
+    """Hash of the validated model (secrets are not in it): the same on every peer.
+
+    With `sections`, only those top-level keys count: keepalived.conf carries the hash of
+    what it is made from, so a backend change does not touch (and reload) keepalived.
+    """
+    data = inv.model_dump(mode="json")
+    if sections is not None:
+        data = {k: v for k, v in data.items() if k in sections}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+KEEPALIVED_SECTIONS = ("cluster", "vrrp", "vips", "peers")
 
 
 def _priorities(inv: Inventory) -> list[dict[str, int]]:
@@ -102,6 +112,7 @@ def _context(loaded: Loaded) -> dict[str, object]:
     return {
         "inv": inv,
         "inventory_hash": inventory_hash(inv),
+        "vrrp_hash": inventory_hash(inv, KEEPALIVED_SECTIONS),
         "priorities": _priorities(inv),
         "sticky": any(s.sticky for s in inv.services),
         "check_line": _check_line,
