@@ -67,6 +67,15 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+def _connect_reason(exc: OSError) -> str:
+    # paramiko wraps per-address errors in NoValidConnectionsError.errors.
+    causes = list(getattr(exc, "errors", {}).values()) or [exc]
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection refused"
+    first = causes[0]
+    return getattr(first, "strerror", None) or str(first)
+
+
 @dataclass
 class SshTarget:
     name: str  # peer name, used in every message
@@ -133,8 +142,8 @@ class Host:
         except TimeoutError:
             raise HostError(t.name, f"connection to {t.host}:{t.port} timed out") from None
         except OSError as exc:  # refused, unreachable, NoValidConnectionsError
-            reason = "connection refused" if "refused" in str(exc).lower() else str(exc)
-            raise HostError(t.name, f"cannot connect to {t.host}:{t.port}: {reason}") from None
+            raise HostError(t.name, f"cannot connect to {t.host}:{t.port}: "
+                            f"{_connect_reason(exc)}") from None
         self._conn = conn
 
     def close(self) -> None:
