@@ -8,7 +8,7 @@ import json
 import pytest
 
 from edgekit.deploy.apply import service_actions
-from edgekit.deploy.facts import HostFacts, LiveFile, parse_facts
+from edgekit.facts import HostFacts, LiveFile, parse_facts
 from edgekit.deploy.plan import MASK, mask_secrets, plan_host
 from edgekit.render import RenderedFile
 
