@@ -6,8 +6,8 @@ import csv
 import io
 from dataclasses import asdict, dataclass, field
 
-from edgekit.facts import HostFacts
 from edgekit.errors import EdgekitError
+from edgekit.facts import HostFacts
 from edgekit.hosts import close_all, gather, in_parallel, peer_hosts
 from edgekit.inventory import Loaded
 from edgekit.remote import Host

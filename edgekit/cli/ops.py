@@ -152,6 +152,9 @@ def failover_test(
         "--report", help="Also write results.json and an SVG timeline per scenario here.")
     ] = None,
     hold: Annotated[float, typer.Option("--hold", help="Seconds each fault lasts.")] = 3.0,
+    move_wait: Annotated[float, typer.Option(
+        "--move-wait", help="Keep a fault up to this many seconds while the VIP has not "
+        "moved.")] = 15.0,
     allow_host_down: Annotated[bool, typer.Option(
         "--allow-host-down", help="Run host-down on real hosts (powers the holder off).")
     ] = False,
@@ -179,7 +182,8 @@ def failover_test(
             power_mod.require_power(power)
     if not scenario and power is None:
         note("host-down skipped: real hosts need --allow-host-down")
-    results = run(loaded, names, power, Options(hold_s=hold, allow_drift=allow_drift),
+    results = run(loaded, names, power, Options(hold_s=hold, allow_drift=allow_drift,
+                                               move_wait_s=move_wait),
                   (lambda _m: None) if json_out else note)
     data = results_json(results)
     if report:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgekit.deploy.apply import ApplyError, apply_host
-from edgekit.facts import HostFacts
 from edgekit.deploy.plan import HostPlan, plan_host
 from edgekit.errors import OperationError
+from edgekit.facts import HostFacts
 from edgekit.hosts import close_all, gather, in_parallel, peer_hosts
 from edgekit.inventory import Loaded
 from edgekit.remote import Host, HostError

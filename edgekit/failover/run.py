@@ -51,6 +51,7 @@ class Options:
     settle_s: float = 1.0
     recover_timeout_s: float = 60.0
     allow_drift: bool = False  # the benchmark runs baseline configs that differ on purpose
+    move_wait_s: float = 15.0  # how long a fault may take to move the VIP before restore
 
 
 def probe_targets(loaded: Loaded) -> list[Target]:
@@ -104,7 +105,8 @@ def run_scenario(loaded: Loaded, name: str, power: PowerDriver | None, opts: Opt
             result.fault_t = time.time()
             try:
                 inject(name, holder_host, iface, opts.hold_s, power)
-                _wait_move(watcher, result.holder, [p.name for p in inv.peers], opts.hold_s)
+                _wait_move(watcher, result.holder, [p.name for p in inv.peers], opts.hold_s,
+                           opts.move_wait_s)
                 if name == "link-down":
                     # The host brings its link back itself; give it that time.
                     time.sleep(max(0.0, result.fault_t + opts.hold_s + 0.5 - time.time()))
@@ -140,14 +142,16 @@ def _wait_for_samples(watcher: OwnershipWatcher, peers: list[str],
                          f"{timeout:.0f}s (SSH to the peers?)")
 
 
-def _wait_move(watcher: OwnershipWatcher, old: str, peers: list[str], hold_s: float) -> None:
-    """Hold the fault for hold_s, and at least until another peer took the VIP (max 15 s)."""
+def _wait_move(watcher: OwnershipWatcher, old: str, peers: list[str], hold_s: float,
+               max_wait_s: float) -> None:
+    """Hold the fault for hold_s, and longer until another peer took the VIP (at most
+    max_wait_s)."""
     start = time.monotonic()
     while True:
         elapsed = time.monotonic() - start
         holders = watcher.holders_now(peers)
         moved = bool(holders) and old not in holders
-        if (elapsed >= hold_s and moved) or elapsed >= max(hold_s, 15.0):
+        if (elapsed >= hold_s and moved) or elapsed >= max(hold_s, max_wait_s):
             return
         time.sleep(0.1)
 
