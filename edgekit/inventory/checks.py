@@ -17,6 +17,10 @@ COMMON_PASSWORDS = frozenset(
     }
 )
 MIN_PASSWORD_LENGTH = 8
+# render.py gives peers priorities 150, 140, ... 10; keepalived needs 1..254.
+MAX_PEERS = 15
+# Proxy names haproxy.cfg already uses; a service of the same name would clash.
+RESERVED_SERVICE_NAMES = frozenset({"stats"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ def check_inventory(inv: Inventory) -> Iterator[Problem]:
 def _check_peers(inv: Inventory) -> Iterator[Problem]:
     if len(inv.peers) < 2:
         yield Problem("peers", "at least 2 peers are needed for failover", len(inv.peers))
+    if len(inv.peers) > MAX_PEERS:
+        yield Problem("peers", f"at most {MAX_PEERS} peers are supported", len(inv.peers))
     names: dict[str, int] = {}
     addresses: dict[str, int] = {}
     for i, peer in enumerate(inv.peers):
@@ -69,19 +75,18 @@ def _check_vrrp(inv: Inventory) -> Iterator[Problem]:
             "VRRP version 2 needs a whole number of seconds >= 1; use version: 3 for sub-second",
             v.advert_int,
         )
-    if v.version == 3 and v.advert_int < 1 and round(v.advert_int * 100) != v.advert_int * 100:
+    # Compare with a tolerance: 0.29 * 100 is 28.999999999999996 in binary floating point.
+    if v.version == 3 and abs(v.advert_int * 100 - round(v.advert_int * 100)) > 1e-6:
         yield Problem("vrrp.advert_int", "VRRPv3 counts in centiseconds", v.advert_int)
     for key in ("auth_pass_env", "auth_pass_file"):
         if getattr(v, key) and v.version == 3:
             yield Problem(f"vrrp.{key}", "VRRP version 3 has no authentication; remove it "
                           "or set version: 2", getattr(v, key))
-    if v.auth_pass_env and v.auth_pass_file:
-        yield Problem("vrrp.auth_pass_file", "give auth_pass_env or auth_pass_file, not both",
-                      v.auth_pass_file)
 
 
 def _check_vips(inv: Inventory) -> Iterator[Problem]:
     vrids: dict[int, int] = {}
+    addresses: dict[str, int] = {}
     peer_names = [p.name for p in inv.peers]
     for i, vip in enumerate(inv.vips):
         net = vip.address.network
@@ -92,6 +97,11 @@ def _check_vips(inv: Inventory) -> Iterator[Problem]:
             yield Problem(f"vips[{i}].vrid", f"VRID repeated (also vips[{vrids[vip.vrid]}])",
                           vip.vrid)
         vrids.setdefault(vip.vrid, i)
+        if str(ip) in addresses:
+            yield Problem(f"vips[{i}].address",
+                          f"VIP address repeated (also vips[{addresses[str(ip)]}])",
+                          str(vip.address))
+        addresses.setdefault(str(ip), i)
         if net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
             yield Problem(f"vips[{i}].address",
                           f"the VIP is the network or broadcast address of {net}, "
@@ -123,13 +133,19 @@ def _check_backends(inv: Inventory) -> Iterator[Problem]:
 
 
 def _check_services(inv: Inventory) -> Iterator[Problem]:
+    # stats and the stick-table peers both bind the peer's own address.
+    if inv.haproxy.peers_port == inv.stats.port:
+        yield Problem("haproxy.peers_port", "same port as stats.port", inv.haproxy.peers_port)
     listens: dict[int, str] = {
-        inv.stats.port: "stats.port",
         inv.haproxy.peers_port: "haproxy.peers_port",
+        inv.stats.port: "stats.port",
     }
     names: set[str] = set()
     for i, svc in enumerate(inv.services):
-        if svc.name in names:
+        if svc.name in RESERVED_SERVICE_NAMES:
+            yield Problem(f"services[{i}].name",
+                          "reserved: haproxy.cfg already has a proxy of that name", svc.name)
+        elif svc.name in names:
             yield Problem(f"services[{i}].name", "duplicate service name", svc.name)
         names.add(svc.name)
         if svc.listen in listens:
@@ -146,9 +162,11 @@ def check_password(password: str | None, user: str, source: str) -> Problem | No
     """The stats password: present, not trivial. `source` is the key it came from."""
     if not password:
         return Problem(source, "the stats password is missing or empty")
-    if password.lower() == user.lower() or password.lower() in COMMON_PASSWORDS:
-        return Problem(source, "the stats password is the user name or a common default; "
-                       "choose a strong one (e.g. `openssl rand -base64 18`)")
+    strong = "choose a strong one (e.g. `openssl rand -base64 18`)"
+    if password.lower() == user.lower():
+        return Problem(source, f"the stats password equals the user name; {strong}")
+    if password.lower() in COMMON_PASSWORDS:
+        return Problem(source, f"the stats password is a common default; {strong}")
     if len(password) < MIN_PASSWORD_LENGTH:
         return Problem(source, f"the stats password is shorter than {MIN_PASSWORD_LENGTH} "
                        "characters")
