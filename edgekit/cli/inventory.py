@@ -10,7 +10,7 @@ import typer
 
 from edgekit import binaries, render
 from edgekit.cli import app
-from edgekit.errors import ExitCode, InputError, OperationError
+from edgekit.errors import ExitCode, InputError
 from edgekit.inventory import load_inventory
 
 Inv = Annotated[Path, typer.Option("--inventory", "-i", help="The inventory file (edge.yaml).")]
@@ -60,7 +60,7 @@ def validate(inventory: Inv = Path("edge.yaml"), json_out: Json = False) -> int:
     if failed:
         first = failed[0]
         reason = next((ln for ln in first.output.splitlines() if "ALERT" in ln), first.output)
-        raise OperationError(f"{inventory}: haproxy -c rejects the rendered config for peer "
+        raise InputError(f"{inventory}: haproxy -c rejects the rendered config for peer "
                              f"{first.peer}: {reason.strip()}")
     if not json_out:
         tools = "haproxy -c passed" if results else "haproxy not installed: skipped haproxy -c"

@@ -155,6 +155,8 @@ def failover_test(
     move_wait: Annotated[float, typer.Option(
         "--move-wait", help="Keep a fault up to this many seconds while the VIP has not "
         "moved.")] = 15.0,
+    stable: Annotated[float, typer.Option(
+        "--stable", help="Seconds the VIP must stay on one holder before a fault.")] = 3.0,
     allow_host_down: Annotated[bool, typer.Option(
         "--allow-host-down", help="Run host-down on real hosts (powers the holder off).")
     ] = False,
@@ -183,7 +185,7 @@ def failover_test(
     if not scenario and power is None:
         note("host-down skipped: real hosts need --allow-host-down")
     results = run(loaded, names, power, Options(hold_s=hold, allow_drift=allow_drift,
-                                               move_wait_s=move_wait),
+                                               move_wait_s=move_wait, stable_s=stable),
                   (lambda _m: None) if json_out else note)
     data = results_json(results)
     if report:

@@ -68,3 +68,14 @@ def write_report(directory: Path, results: list[ScenarioResult], peers: list[str
     (directory / "results.json").write_text(json.dumps(results_json(results), indent=2) + "\n")
     for r in results:
         (directory / f"{r.name}.svg").write_text(timeline_svg(r, peers))
+        (directory / f"{r.name}.series.json").write_text(json.dumps(series(r, peers)) + "\n")
+
+
+def series(r: ScenarioResult, peers: list[str]) -> dict[str, object]:
+    """The raw recording behind a result: enough to recompute every figure."""
+    return {
+        "scenario": r.name, "peers": peers, "holder": r.holder, "fault_t": r.fault_t,
+        "restore_t": r.restore_t, "result": r.summary(),
+        "probes": [{"t": p.t, "ok": p.ok, "target": p.target} for p in r.probes],
+        "samples": [{"t": s.t, "peer": s.peer, "holds": s.holds} for s in r.samples],
+    }

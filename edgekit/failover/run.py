@@ -52,6 +52,9 @@ class Options:
     recover_timeout_s: float = 60.0
     allow_drift: bool = False  # the benchmark runs baseline configs that differ on purpose
     move_wait_s: float = 15.0  # how long a fault may take to move the VIP before restore
+    # The VIP must have stayed on one holder this long before a fault: after a restore a
+    # preempting peer may still be taking it back, which would pass for a failover.
+    stable_s: float = 3.0
 
 
 def probe_targets(loaded: Loaded) -> list[Target]:
@@ -92,15 +95,14 @@ def run_scenario(loaded: Loaded, name: str, power: PowerDriver | None, opts: Opt
         if problems:
             raise OperationError(f"{name}: the cluster is not healthy, refusing to inject a "
                                  f"fault: {'; '.join(problems)}")
-        result.holder = st.holders[vip_ip][0]
-        peer = next(p for p in inv.peers if p.name == result.holder)
-        iface = peer.interface or vip.interface or inv.vrrp.interface
         watcher = OwnershipWatcher(peer_hosts(loaded), vip_ip).start()
         prober = Prober(probe_targets(loaded)).start()
-        holder_host = hosts[result.holder]
         try:
             _wait_for_samples(watcher, [p.name for p in inv.peers])
-            time.sleep(1.0)  # a baseline of good probes before the fault
+            result.holder = _stable_holder(watcher, [p.name for p in inv.peers], opts.stable_s)
+            peer = next(p for p in inv.peers if p.name == result.holder)
+            iface = peer.interface or vip.interface or inv.vrrp.interface
+            holder_host = hosts[result.holder]
             progress(f"{name}: {scenario.description} ({result.holder})")
             result.fault_t = time.time()
             try:
@@ -140,6 +142,22 @@ def _wait_for_samples(watcher: OwnershipWatcher, peers: list[str],
         time.sleep(0.1)
     raise OperationError("no VIP ownership samples from every peer within "
                          f"{timeout:.0f}s (SSH to the peers?)")
+
+
+def _stable_holder(watcher: OwnershipWatcher, peers: list[str], stable_s: float,
+                   timeout: float = 90.0) -> str:
+    """The one peer that has held the VIP, alone, for the last stable_s seconds."""
+    start = time.monotonic()
+    since, last = start, frozenset(watcher.holders_now(peers))
+    while time.monotonic() - start < timeout:
+        time.sleep(0.1)
+        now = frozenset(watcher.holders_now(peers))
+        if now != last:
+            since, last = time.monotonic(), now
+        elif len(now) == 1 and time.monotonic() - since >= stable_s:
+            return next(iter(now))
+    raise OperationError(f"the VIP did not stay on one peer for {stable_s:g}s within "
+                         f"{timeout:.0f}s (holders now: {', '.join(sorted(last)) or 'none'})")
 
 
 def _wait_move(watcher: OwnershipWatcher, old: str, peers: list[str], hold_s: float,
