@@ -59,8 +59,9 @@ def main() -> None:
     except Exception as exc:  # usage errors and the unexpected
         # Usage errors are click's ClickException; typer vendors click in newer
         # releases, so recognise it by shape rather than by import.
-        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
-            exc.show()
+        show = getattr(exc, "show", None)
+        if callable(show) and hasattr(exc, "exit_code"):
+            show()
             sys.exit(int(ExitCode.BAD_INPUT))
         if debug:
             raise

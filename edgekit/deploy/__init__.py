@@ -148,8 +148,8 @@ def _verify(loaded: Loaded, hosts: dict[str, Host], paths: list[str], report: De
         time.sleep(0.5)
     bad = {vip: h for vip, h in report.holders.items() if len(h) != 1}
     if bad:
-        vip, h = next(iter(bad.items()))
-        report.error = (f"VIP {vip} has {len(h)} holders ({', '.join(h) or 'none'}) "
+        address, h = next(iter(bad.items()))
+        report.error = (f"VIP {address} has {len(h)} holders ({', '.join(h) or 'none'}) "
                         "after the deploy")
         return
     for svc in loaded.inventory.services:
