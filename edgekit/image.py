@@ -7,7 +7,6 @@ recipe returns at once and an interrupted build is started again.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -15,8 +14,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import InputError, OperationError, PrerequisiteError
+from edgekit.lab.state import locked
+from edgekit.lab.system import mounts_under
 
 Progress = Callable[[str], None]
 
@@ -181,7 +181,7 @@ def build_image(
         return info
     check_prerequisites()
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory):
+    with locked(directory):
         if _is_complete(directory, digest):  # another build finished while we waited
             return info
         started = time.monotonic()
@@ -197,17 +197,6 @@ def _is_complete(directory: Path, digest: str) -> bool:
     except (OSError, ValueError):
         return False
     return marker.get("digest") == digest and (directory / "rootfs" / "etc/os-release").exists()
-
-
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    # Parallel test sessions may build the same image; one waits for the other.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _build(spec: Recipe, directory: Path, progress: Progress) -> None:
@@ -369,14 +358,6 @@ def remove_tree(path: Path) -> None:
         path.unlink()
 
 
-def mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve())
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mountpoint = line.split()[4].replace("\\040", " ")
-        if mountpoint == prefix or mountpoint.startswith(prefix + "/"):
-            found.append(mountpoint)
-    return found
 
 
 def export_tarball(image: ImageInfo, path: Path) -> Path:

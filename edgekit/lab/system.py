@@ -196,7 +196,7 @@ def container_init(directory: Path) -> int | None:
 
 
 def mounts_under(path: Path) -> list[str]:
-    prefix = str(path)
+    prefix = str(path.resolve())
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mountpoint = line.split()[4].replace("\\040", " ")
