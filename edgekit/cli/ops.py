@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgekit.cli import app
 from edgekit.cli.inventory import Inv, Json, echo_json, note
 from edgekit.errors import ExitCode
-from edgekit.inventory import load_inventory, parse_peers_flag
+from edgekit.inventory import Loaded, load_inventory, parse_peers_flag
+
+if TYPE_CHECKING:
+    from edgekit.deploy import DeployReport
+    from edgekit.status import ClusterStatus
 
 Peers = Annotated[str | None, typer.Option(
     "--peers", help="Replace the inventory's peers: NAME=ADDR,... or ADDR,... (peer1, ...).")]
@@ -19,7 +23,7 @@ AcceptNew = Annotated[bool, typer.Option(
     "accept-new); changed keys are still refused.")]
 
 
-def _load(inventory: Path, peers: str | None):  # type: ignore[no-untyped-def]
+def _load(inventory: Path, peers: str | None) -> Loaded:
     return load_inventory(inventory, peers=parse_peers_flag(peers) if peers else None)
 
 
@@ -76,7 +80,7 @@ def deploy(
     return int(ExitCode.OK)
 
 
-def _summary(report) -> None:  # type: ignore[no-untyped-def]
+def _summary(report: DeployReport) -> None:
     typer.echo(f"{'host':<16} {'result':<12} files")
     for name, plan in report.plans.items():
         if name in report.applied:
@@ -125,7 +129,7 @@ def status(
     return int(ExitCode.OK if st.healthy else ExitCode.FAILED)
 
 
-def _status_table(st) -> None:  # type: ignore[no-untyped-def]
+def _status_table(st: ClusterStatus) -> None:
     typer.echo(f"{'peer':<14} {'ssh':<5} {'haproxy':<8} {'keepalived':<11} {'vrrp':<22} "
                f"{'vips':<18} {'servers up':<11} drift")
     for p in st.peers:
