@@ -8,8 +8,8 @@ import json
 import pytest
 
 from edgekit.deploy.apply import service_actions
-from edgekit.facts import HostFacts, LiveFile, parse_facts
 from edgekit.deploy.plan import MASK, mask_secrets, plan_host
+from edgekit.facts import HostFacts, LiveFile, parse_facts
 from edgekit.render import RenderedFile
 
 
