@@ -8,8 +8,31 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
+from edgekit import firewall
+
 PACKAGES = ("haproxy", "keepalived")
 UNITS = ("haproxy", "keepalived")
+FIREWALL_STATE_DIR = "/var/lib/edgekit"
+ROLLED_BACK_MARKER = f"{FIREWALL_STATE_DIR}/firewall-rolled-back"
+
+
+@dataclass
+class FirewallFacts:
+    """The edgekit nftables table and its unit on a host."""
+
+    # match: the loaded table is what the installed ruleset file loads (compared as nft
+    # lists both); differs; loaded: present, not compared; unloaded; no-nft.
+    table: str = "unknown"
+    comment_hash: str = ""  # from the table's `comment "edgekit inventory sha256:..."`
+    unit_active: str = ""
+    unit_enabled: str = ""  # "" when the unit file does not exist
+    rolled_back: str = ""  # when the commit-confirmed timer last restored a ruleset
+
+    @property
+    def present(self) -> bool:
+        """Anything of edgekit's firewall on the host."""
+        return (self.table in ("match", "differs", "loaded") or self.unit_enabled != ""
+                or self.unit_active in ("active", "activating"))
 
 
 @dataclass(frozen=True)
@@ -31,6 +54,7 @@ class HostFacts:
     haproxy_pids: list[int] = field(default_factory=list)
     haproxy_master: int | None = None
     vrrp_states: dict[str, str] = field(default_factory=dict)  # VI_51 -> MASTER
+    firewall: FirewallFacts = field(default_factory=FirewallFacts)
 
     def holds(self, vip: ipaddress.IPv4Interface) -> bool:
         return any(a.ip == vip.ip for addrs in self.addresses.values() for a in addrs)
@@ -39,8 +63,30 @@ class HostFacts:
         return self.addresses.get(interface, [])
 
 
+def firewall_command(compare: bool) -> str:
+    """Print the edgekit table's state. With `compare`, load the installed ruleset into a
+    throwaway network namespace and compare nft's listing of both (stateless: no counter
+    values), which catches hand edits that a file hash cannot see."""
+    table = f"inet {firewall.TABLE}"
+    rs = shlex.quote(firewall.RULESET)
+    compare_sh = (f"""  if [ -f {rs} ] && want=$(unshare --net sh -c 'nft -f "$1" && nft -s list table {table}' sh {rs} 2>/dev/null) && [ -n "$want" ]; then
+    if [ "$live" = "$want" ]; then echo 'table match'; else echo 'table differs'; fi
+  else echo 'table loaded'; fi""" if compare else "  echo 'table loaded'")
+    return f"""echo '@firewall'
+printf 'unit %s %s\\n' "$(systemctl is-active {firewall.UNIT} 2>/dev/null)" "$(systemctl is-enabled {firewall.UNIT} 2>/dev/null)"
+if ! command -v nft >/dev/null 2>&1; then echo 'table no-nft'
+elif live=$(nft -s list table {table} 2>/dev/null); then
+{compare_sh}
+  printf 'comment %s\\n' "$(printf '%s\\n' "$live" | sed -n 's/.*comment "edgekit inventory sha256:\\([0-9a-f]*\\)".*/\\1/p' | head -n1)"
+else echo 'table unloaded'; fi
+[ -f {ROLLED_BACK_MARKER} ] && printf 'rolledback %s\\n' "$(head -c 200 {ROLLED_BACK_MARKER} | tr '\\n' ' ')"
+true
+"""
+
+
 def gather_command(paths: list[str]) -> str:
-    """A POSIX shell script (run with sudo) that prints every fact in marked sections."""
+    """A POSIX shell script (run with sudo) that prints every fact in marked sections.
+    When the firewall's ruleset is among `paths`, the loaded table is compared with it."""
     quoted = " ".join(shlex.quote(p) for p in paths)
     units = " ".join(UNITS)
     return f"""
@@ -57,7 +103,7 @@ for u in {units}; do printf '%s %s %s\\n' "$u" "$(systemctl is-active "$u" 2>/de
 echo '@haproxy'; cat /run/haproxy.pid 2>/dev/null || echo '-'; pgrep -x haproxy | tr '\\n' ' '; echo
 echo '@vrrp'
 for f in /run/edgekit/*.state; do [ -f "$f" ] && printf '%s %s\\n' "$(basename "$f" .state)" "$(cat "$f")"; done
-echo '@end'
+{firewall_command(firewall.RULESET in paths)}echo '@end'
 """
 
 
@@ -116,4 +162,23 @@ def parse_facts(text: str) -> HostFacts:
         name, _, state = line.partition(" ")
         if name:
             facts.vrrp_states[name] = state.strip()
+    facts.firewall = parse_firewall(s.get("firewall", []))
     return facts
+
+
+def parse_firewall(lines: list[str]) -> FirewallFacts:
+    fw = FirewallFacts()
+    for line in lines:
+        key, _, rest = line.partition(" ")
+        if key == "unit":
+            words = rest.split()
+            fw.unit_active = words[0] if words else ""
+            # `is-enabled` prints nothing on stdout for a unit file that does not exist.
+            fw.unit_enabled = words[1] if len(words) > 1 else ""
+        elif key == "table":
+            fw.table = rest.strip()
+        elif key == "comment":
+            fw.comment_hash = rest.strip()
+        elif key == "rolledback":
+            fw.rolled_back = rest.strip()
+    return fw

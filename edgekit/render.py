@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jinja2
 
+from edgekit import firewall
 from edgekit.inventory import Loaded
 from edgekit.inventory.model import Inventory, Service
 
@@ -31,7 +32,10 @@ class RenderedFile:
     content: str
     mode: int
     owner: str
-    service: str  # the unit to reload when it changes: haproxy, keepalived, sysctl, systemd
+    # The unit to reload when it changes: haproxy, keepalived, sysctl, systemd. The
+    # firewall's ruleset and unit are "systemd" (edgekit-firewall.service reads the
+    # ruleset); deploy loads them by path, commit-confirmed (edgekit.deploy.firewall).
+    service: str
     secret: bool = False
 
     @property
@@ -149,6 +153,41 @@ def render_shared(loaded: Loaded) -> list[RenderedFile]:
         RenderedFile("/etc/sysctl.d/60-edgekit.conf",
                      env.get_template("sysctl.conf.j2").render(ctx), 0o644, "root:root",
                      "sysctl"),
+        *render_firewall(loaded),
+    ]
+
+
+def render_firewall(loaded: Loaded) -> list[RenderedFile]:
+    """The proxies' nftables ruleset and the unit that loads it at boot (none when off)."""
+    inv = loaded.inventory
+    if not inv.firewall.enabled:
+        return []
+    env = _env()
+    ctx = {"inv": inv, "firewall_hash": inventory_hash(inv, firewall.SECTIONS),
+           "unit": firewall.UNIT, "ruleset": firewall.RULESET,
+           **firewall.ruleset_context(inv)}
+    return [
+        RenderedFile(firewall.RULESET, env.get_template("firewall.nft.j2").render(ctx), 0o644,
+                     "root:root", "systemd"),
+        RenderedFile(firewall.UNIT_PATH,
+                     env.get_template("edgekit-firewall.service.j2").render(ctx), 0o644,
+                     "root:root", "systemd"),
+    ]
+
+
+def render_nodes(loaded: Loaded) -> list[RenderedFile]:
+    """For the Kubernetes nodes (applied by their operator, not by edgekit): the NodePort
+    fence ruleset and a README. Paths are relative to DIR/_nodes."""
+    inv = loaded.inventory
+    env = _env()
+    ctx = {"inv": inv, "fence_hash": inventory_hash(inv, firewall.FENCE_SECTIONS),
+           "fence_file": firewall.FENCE_FILE, **firewall.fence_context(inv)}
+    return [
+        RenderedFile(f"/{firewall.FENCE_FILE}",
+                     env.get_template("nodeport-fence.nft.j2").render(ctx), 0o644, "root:root",
+                     "nftables"),
+        RenderedFile("/README.md", env.get_template("nodes-README.md.j2").render(ctx), 0o644,
+                     "root:root", "none"),
     ]
 
 
@@ -172,18 +211,27 @@ def render_all(loaded: Loaded) -> dict[str, list[RenderedFile]]:
     return {p.name: render_peer(loaded, p.name) for p in loaded.inventory.peers}
 
 
-def manifest(loaded: Loaded, files: dict[str, list[RenderedFile]]) -> dict[str, object]:
-    return {
+def manifest(loaded: Loaded, files: dict[str, list[RenderedFile]],
+             nodes: list[RenderedFile] | None = None) -> dict[str, object]:
+    """Every peer's files; with `nodes`, also the files for DIR/_nodes (the node fence)."""
+    data: dict[str, object] = {
         "cluster": loaded.inventory.cluster,
         "inventory_sha256": inventory_hash(loaded.inventory),
         "peers": {name: [f.manifest_entry() for f in fs] for name, fs in files.items()},
     }
+    if nodes is not None:
+        data["nodes"] = {"dir": firewall.NODES_DIR,
+                         "files": [f.manifest_entry() for f in nodes]}
+    return data
 
 
 def write_tree(loaded: Loaded, out: Path) -> dict[str, object]:
-    """Write DIR/<peer>/<path> for every file plus DIR/manifest.json; return the manifest."""
+    """Write DIR/<peer>/<path> for every file, DIR/_nodes/ (the nodes' NodePort fence, for
+    their operators) and DIR/manifest.json; return the manifest."""
     files = render_all(loaded)
-    for peer, peer_files in files.items():
+    nodes = render_nodes(loaded)
+    trees = {**files, firewall.NODES_DIR: nodes}  # "_nodes" cannot be a peer's name
+    for peer, peer_files in trees.items():
         for f in peer_files:
             target = out / peer / f.path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +242,6 @@ def write_tree(loaded: Loaded, out: Path) -> dict[str, object]:
             with os.fdopen(fd, "w") as fh:
                 fh.write(f.content)
             target.chmod(f.mode)
-    data = manifest(loaded, files)
+    data = manifest(loaded, files, nodes)
     (out / "manifest.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data

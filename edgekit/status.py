@@ -6,12 +6,13 @@ import csv
 import io
 from dataclasses import asdict, dataclass, field
 
+from edgekit import firewall
 from edgekit.errors import EdgekitError
-from edgekit.facts import HostFacts
+from edgekit.facts import FirewallFacts, HostFacts
 from edgekit.hosts import close_all, gather, in_parallel, peer_hosts
 from edgekit.inventory import Loaded
 from edgekit.remote import Host
-from edgekit.render import render_all
+from edgekit.render import inventory_hash, render_all
 
 # Reads haproxy's runtime API (a unix socket) on the host; python3 is on every
 # Debian edgekit supports, socat is not.
@@ -33,6 +34,9 @@ class PeerStatus:
     vips: list[str] = field(default_factory=list)
     servers: dict[str, dict[str, str]] = field(default_factory=dict)  # backend -> server -> UP
     drift: list[str] = field(default_factory=list)
+    # "loaded" (the table is what the installed ruleset loads), "off" (firewall.enabled is
+    # false), or what is wrong: "not loaded", "differs", ...; see firewall_state().
+    firewall: str = ""
 
 
 @dataclass
@@ -78,12 +82,35 @@ def peer_status(loaded: Loaded, host: Host, wanted: dict[str, str]) -> PeerStatu
                for i in instances}
     st.vips = [str(v.address.ip) for v in loaded.inventory.vips if facts.holds(v.address)]
     st.drift = drift(facts, wanted)
+    st.firewall = firewall_state(loaded, facts.firewall)
     if st.haproxy_up:
         result = host.run(SHOW_STAT, sudo=True, timeout=15)
         if result.ok:
             st.servers = parse_show_stat(result.stdout,
                                          {s.name for s in loaded.inventory.services})
     return st
+
+
+def firewall_state(loaded: Loaded, fw: FirewallFacts) -> str:
+    """One word or phrase: whether the edgekit table is loaded and is what it should be."""
+    inv = loaded.inventory
+    if not inv.firewall.enabled:
+        return "off (but the edgekit table is loaded)" if fw.table in (
+            "match", "differs", "loaded") else "off"
+    if fw.table == "no-nft":
+        return "nft missing"
+    if fw.table == "unloaded":
+        return "not loaded" + (f" (host rolled back at {fw.rolled_back})"
+                               if fw.rolled_back else "")
+    if fw.table == "differs":
+        return f"differs from {firewall.RULESET}"
+    if fw.table == "loaded" and fw.comment_hash != inventory_hash(inv, firewall.SECTIONS):
+        return "loaded from another inventory"
+    if fw.table not in ("match", "loaded"):
+        return fw.table
+    if fw.unit_enabled != "enabled":
+        return f"loaded, but {firewall.UNIT} is not enabled (lost at reboot)"
+    return "loaded"
 
 
 def drift(facts: HostFacts, wanted: dict[str, str]) -> list[str]:
@@ -114,6 +141,8 @@ def verdict(loaded: Loaded, peers: list[PeerStatus]) -> tuple[dict[str, list[str
             problems.append(f"{p.name}: {', '.join(f'{i} {p.vrrp[i]}' for i in faults)}")
         if p.drift:
             problems.append(f"drift on {p.name}: {', '.join(p.drift)}")
+        if p.firewall not in ("loaded", "off", ""):
+            problems.append(f"{p.name}: firewall {p.firewall}")
     return holders, problems
 
 

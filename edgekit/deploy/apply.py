@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgekit import firewall
+from edgekit.deploy import confirm as fw_load
 from edgekit.deploy.plan import HostPlan
-from edgekit.errors import OperationError
+from edgekit.errors import EdgekitError, OperationError
 from edgekit.remote import Host, Result
 from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, RenderedFile
 
@@ -19,8 +21,11 @@ Progress = Callable[[str], None]
 
 
 class ApplyError(OperationError):
-    def __init__(self, host: str, reason: str, *, rolled_back: bool) -> None:
-        tail = "; its previous files were restored" if rolled_back else "; nothing was changed"
+    def __init__(self, host: str, reason: str, *, rolled_back: bool,
+                 tail: str | None = None) -> None:
+        if tail is None:
+            tail = ("; its previous files were restored" if rolled_back
+                    else "; nothing was changed")
         super().__init__(f"{host}: {reason}{tail}")
         self.host = host
         self.reason = reason
@@ -71,6 +76,10 @@ out=$( (set -a; . {_q(stage)}/etc/default/haproxy; set +a;
   exit 1; }}
 out=$(unshare --mount --propagation private sh -c {_q(keepalived)} 2>&1) || {{
   echo "keepalived -t: $(printf '%s\\n' "$out" | tail -n1)" >&2; exit 1; }}
+if [ -f {_q(stage)}{firewall.RULESET} ]; then
+  out=$(nft -c -f {_q(stage)}{firewall.RULESET} 2>&1) || {{
+    echo "nft -c: $(printf '%s\\n' "$out" | grep -m1 -i error || printf '%s' "$out" | tail -n1)" >&2; exit 1; }}
+fi
 """
     return host.run(script, sudo=True)
 
@@ -157,7 +166,9 @@ def install_packages(host: Host, packages: list[str], progress: Progress) -> Non
 
 def apply_host(host: Host, peer: str, plan: HostPlan, files: list[RenderedFile],
                units: dict[str, tuple[str, str]], instances: list[str], stats_port: int,
-               progress: Progress) -> ApplyResult:
+               progress: Progress, *, firewall_load: bool = False) -> ApplyResult:
+    """Apply the plan. `firewall_load`: (re)load the firewall although its files did not
+    change (the loaded table differs from them, or its unit is not running)."""
     if plan.missing_packages:
         install_packages(host, plan.missing_packages, progress)
         units = {u: ("inactive", "enabled") for u in units}  # re-read below when it matters
@@ -166,38 +177,76 @@ def apply_host(host: Host, peer: str, plan: HostPlan, files: list[RenderedFile],
         units = {ln.split()[0]: (ln.split()[1], ln.split()[2]) for ln in
                  refreshed.stdout.splitlines() if len(ln.split()) == 3}
     actions = service_actions(plan, units)
+    load_fw = firewall_load or bool({firewall.RULESET, firewall.UNIT_PATH} & set(plan.paths()))
     stage = _stage(host, files)
     try:
         check = validate_staged(host, stage, peer)
         if not check.ok:
             raise ApplyError(host.name, f"validation failed: {check.last_line()}",
                              rolled_back=False)
-        progress(f"{host.name}: validated (haproxy -c, keepalived -t); installing "
+        checked = "haproxy -c, keepalived -t" + (
+            ", nft -c" if any(f.path == firewall.RULESET for f in files) else "")
+        progress(f"{host.name}: validated ({checked}); installing "
                  f"{len(plan.changes)} file(s)")
         host.check(_install_script(stage, plan), "install files", sudo=True)
         reason = None
-        for cmd in actions:
-            progress(f"{host.name}: {cmd}")
-            result = host.run(cmd, sudo=True, timeout=60)
-            if not result.ok:
-                reason = f"`{cmd}` failed: {result.last_line()}"
-                break
+        if load_fw:
+            # First, before haproxy or keepalived see a new file: if the firewall cuts
+            # this machine off, the host's own rollback restores every file, and nothing
+            # else has taken effect yet.
+            reason = _load_firewall(host, actions, progress)
+            actions = [c for c in actions if c != "systemctl daemon-reload"]
+        if reason is None:
+            reason = _run_actions(host, actions, progress)
         if reason is None:
             reason = wait_healthy(host, instances, stats_port)
         if reason is not None:
-            _rollback(host, plan, progress)
+            _rollback(host, plan, progress, firewall_loaded=load_fw)
             raise ApplyError(host.name, reason, rolled_back=True)
     finally:
-        host.run(f"rm -rf {_q(stage)}", sudo=True)
+        try:
+            host.run(f"rm -rf {_q(stage)}", sudo=True, timeout=30)
+        except EdgekitError:
+            pass  # unreachable after a firewall rollback: the error above says so
     return ApplyResult(host.name, plan.paths(), actions)
 
 
-def _rollback(host: Host, plan: HostPlan, progress: Progress) -> None:
+def _run_actions(host: Host, actions: list[str], progress: Progress) -> str | None:
+    for cmd in actions:
+        progress(f"{host.name}: {cmd}")
+        result = host.run(cmd, sudo=True, timeout=60)
+        if not result.ok:
+            return f"`{cmd}` failed: {result.last_line()}"
+    return None
+
+
+def _load_firewall(host: Host, actions: list[str], progress: Progress) -> str | None:
+    """Load the installed ruleset commit-confirmed; the reason it failed, else None.
+    ApplyError when the host had to restore itself (deploy must not touch it again)."""
+    if "systemctl daemon-reload" in actions:  # the unit file may be new or changed
+        result = host.run("systemctl daemon-reload", sudo=True, timeout=60)
+        if not result.ok:
+            return f"`systemctl daemon-reload` failed: {result.last_line()}"
+    outcome = fw_load.load_confirmed(host, _restore_script(), progress)
+    if outcome.host_restored:
+        raise ApplyError(host.name, outcome.reason, rolled_back=True, tail="")
+    if not outcome.ok:
+        return outcome.reason
+    enabled = host.run(f"systemctl enable -q {firewall.UNIT}", sudo=True, timeout=60)
+    if not enabled.ok:
+        return f"`systemctl enable {firewall.UNIT}` failed: {enabled.last_line()}"
+    return None
+
+
+def _rollback(host: Host, plan: HostPlan, progress: Progress,
+              firewall_loaded: bool = False) -> None:
     progress(f"{host.name}: rolling back to the previous files")
     host.run(_restore_script(), sudo=True)
     touched = plan.services_touched()
     paths = set(plan.paths())
     cmds = ["systemctl daemon-reload"] if "systemd" in touched else []
+    if firewall_loaded:
+        cmds.append(fw_load.restore_table_command())
     for unit, conf in (("haproxy", HAPROXY_CFG), ("keepalived", KEEPALIVED_CONF)):
         if unit not in touched:
             continue

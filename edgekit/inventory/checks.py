@@ -41,6 +41,7 @@ def check_inventory(inv: Inventory) -> Iterator[Problem]:
     yield from _check_vips(inv)
     yield from _check_backends(inv)
     yield from _check_services(inv)
+    yield from _check_firewall(inv)
 
 
 def _check_peers(inv: Inventory) -> Iterator[Problem]:
@@ -156,6 +157,34 @@ def _check_services(inv: Inventory) -> Iterator[Problem]:
             yield Problem(f"services[{i}].backend",
                           "no such backend" + did_you_mean(svc.backend, list(inv.backends)),
                           svc.backend)
+
+
+def _check_firewall(inv: Inventory) -> Iterator[Problem]:
+    fw = inv.firewall
+    for i, svc in enumerate(inv.services):
+        if svc.listen == inv.ssh.port:
+            yield Problem(f"services[{i}].listen", "same port as ssh.port: haproxy could not "
+                          "bind it, and the firewall would open SSH to the service's clients",
+                          svc.listen)
+    if not fw.enabled:
+        # Firewall settings that nothing enforces would read as protection that is not there.
+        unused: list[tuple[str, object]] = [
+            ("firewall.admin_cidrs", fw.admin_cidrs),
+            ("firewall.node_allow_cidrs", fw.node_allow_cidrs or None)]
+        unused += [(f"services[{i}].client_cidrs", s.client_cidrs)
+                   for i, s in enumerate(inv.services)]
+        for path, value in unused:
+            if value is not None:
+                yield Problem(path, "has no effect with firewall.enabled: false; remove it "
+                              "or enable the firewall")
+        return
+    if fw.admin_cidrs is not None and not fw.admin_cidrs:
+        yield Problem("firewall.admin_cidrs", "an empty list would admit nobody to SSH: list "
+                      "the operators' networks, or leave the key out for the VIPs' subnets", [])
+    for i, svc in enumerate(inv.services):
+        if svc.client_cidrs is not None and not svc.client_cidrs:
+            yield Problem(f"services[{i}].client_cidrs", "an empty list would admit nobody: "
+                          "leave the key out to admit everyone", [])
 
 
 def check_password(password: str | None, user: str, source: str) -> Problem | None:

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 IFNAME_RE = r"^[A-Za-z0-9_.@-]{1,15}$"
@@ -35,6 +35,37 @@ def _ip_text(value: object) -> object:
     if not isinstance(value, str):
         raise ValueError("expected an IPv4 address such as 10.10.0.11")
     return value
+
+
+def _cidr(value: object) -> object:
+    """A network in CIDR notation; a bare address is its /32 (or /128)."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a network such as 10.10.0.0/24 or an address such as "
+                         "192.0.2.7")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError("expected a network such as 10.10.0.0/24 or an address such as "
+                         "192.0.2.7") from None
+    raise ValueError(f"host bits set: did you mean {loose} (or {value.split('/')[0]}/"
+                     f"{loose.max_prefixlen} for one address)?")
+
+
+def _cidr4(value: object) -> object:
+    net = _cidr(value)
+    if isinstance(net, ipaddress.IPv6Network):
+        raise ValueError("the VIPs are IPv4: an IPv6 network would never match")
+    return net
+
+
+Cidr = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_cidr)]
+Cidr4 = Annotated[ipaddress.IPv4Network, BeforeValidator(_cidr4)]
 
 
 class Strict(BaseModel):
@@ -139,6 +170,8 @@ class Service(Strict):
     # port 80 and 8080, TCP elsewhere).
     probe: Literal["http", "tcp"] | None = None
     haproxy_options: list[Annotated[str, Field(pattern=r"^[^\n\r#]+$")]] = []
+    # Who may connect to the service on the VIPs (the firewall); unset: anyone.
+    client_cidrs: list[Cidr4] | None = None
 
     _timeout = field_validator("timeout", mode="before")(
         lambda v: None if v is None else _duration(v)
@@ -167,6 +200,18 @@ class Haproxy(Strict):
     )(_duration)
 
 
+class Firewall(Strict):
+    """nftables on the proxies (table inet edgekit). On unless `enabled: false`."""
+
+    enabled: bool = True
+    # SSH and the stats page. Unset: the VIPs' subnets (where the peers live), never
+    # "anywhere" unless written as 0.0.0.0/0.
+    admin_cidrs: list[Cidr] | None = None
+    # Extra sources the nodes' NodePort fence admits besides the proxies (e.g. the
+    # cluster's node and pod networks, which reach the API on 6443 directly).
+    node_allow_cidrs: list[Cidr] = []
+
+
 class Inventory(Strict):
     cluster: Name
     vrrp: Vrrp = Vrrp()
@@ -177,3 +222,4 @@ class Inventory(Strict):
     services: list[Service] = Field(min_length=1)
     stats: Stats
     haproxy: Haproxy = Haproxy()
+    firewall: Firewall = Firewall()

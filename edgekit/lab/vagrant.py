@@ -7,6 +7,7 @@ The parsers and `build_inventory` are pure; the functions at the bottom run
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import re
 import shlex
@@ -267,7 +268,27 @@ def build_inventory(
     inv["peers"] = [
         _peer(template.get(h.name, {}), h, lab_address(prefix, h.name), ssh["port"]) for h in hosts
     ]
+    _admit_management(inv, hosts, prefix)
     return inv
+
+
+def _admit_management(inv: dict[str, Any], hosts: Sequence[SshHost], prefix: str) -> None:
+    """edgekit reaches the VMs over Vagrant's management network, outside the private
+    subnet that the firewall's admin_cidrs default to: admit that network too."""
+    cidrs = [f"{prefix}.0/24"]
+    for host in hosts:
+        try:
+            address = ipaddress.ip_address(host.hostname)
+        except ValueError:
+            continue  # a host name: nothing to derive; admin_cidrs can be set by hand
+        # VirtualBox forwards a port on 127.0.0.1; the guest sees its NAT gateway.
+        net = ("10.0.2.0/24" if address.is_loopback
+               else str(ipaddress.ip_network(f"{address}/24", strict=False)))
+        if net not in cidrs:
+            cidrs.append(net)
+    firewall = dict(inv.get("firewall") or {})
+    firewall.setdefault("admin_cidrs", cidrs)
+    inv["firewall"] = firewall
 
 
 def _peer(

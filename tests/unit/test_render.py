@@ -608,7 +608,9 @@ def test_render_command_writes_the_tree_the_manifest_describes(path: Path,
     assert password not in (out / "manifest.json").read_text()
     written = {p for p in out.rglob("*") if p.is_file()} - {out / "manifest.json"}
     listed = set()
-    for peer, entries in manifest["peers"].items():
+    trees = [(peer, entries) for peer, entries in manifest["peers"].items()]
+    trees.append((manifest["nodes"]["dir"], manifest["nodes"]["files"]))  # the node fence
+    for peer, entries in trees:
         for entry in entries:
             target = out / peer / entry["path"].lstrip("/")
             listed.add(target)

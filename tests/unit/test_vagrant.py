@@ -232,6 +232,14 @@ def test_virtualbox_inventory_gives_each_peer_its_forwarded_port(base: dict) -> 
     ]
     assert inv["ssh"]["port"] == 22
     assert "known_hosts" not in inv["ssh"]
+    # The guests see SSH from VirtualBox's NAT gateway: the firewall must admit it.
+    assert inv["firewall"]["admin_cidrs"] == ["192.168.56.0/24", "10.0.2.0/24"]
+
+
+def test_libvirt_inventory_admits_the_management_network_to_the_firewall(base: dict) -> None:
+    hosts = lab.parse_ssh_config(fixture("ssh-config-libvirt.txt"))
+    inv = lab.build_inventory(base, hosts, 2, identity_file="/lab/id_ed25519")
+    assert inv["firewall"]["admin_cidrs"] == ["192.168.56.0/24", "192.168.121.0/24"]
 
 
 def test_inventory_uses_vagrants_key_when_all_proxies_share_it(base: dict) -> None:
