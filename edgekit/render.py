@@ -32,9 +32,9 @@ class RenderedFile:
     content: str
     mode: int
     owner: str
-    # The unit to reload when it changes: haproxy, keepalived, sysctl, systemd. The
-    # firewall's ruleset and unit are "systemd" (edgekit-firewall.service reads the
-    # ruleset); deploy loads them by path, commit-confirmed (edgekit.deploy.firewall).
+    # What a change takes effect through: haproxy, keepalived, sysctl, systemd (a unit
+    # file: daemon-reload) or nftables (the ruleset, which deploy loads itself,
+    # commit-confirmed: edgekit.deploy.confirm).
     service: str
     secret: bool = False
 
@@ -168,7 +168,7 @@ def render_firewall(loaded: Loaded) -> list[RenderedFile]:
            **firewall.ruleset_context(inv)}
     return [
         RenderedFile(firewall.RULESET, env.get_template("firewall.nft.j2").render(ctx), 0o644,
-                     "root:root", "systemd"),
+                     "root:root", "nftables"),
         RenderedFile(firewall.UNIT_PATH,
                      env.get_template("edgekit-firewall.service.j2").render(ctx), 0o644,
                      "root:root", "systemd"),

@@ -263,7 +263,7 @@ def test_manifest_lists_every_file_with_matching_sha256(path: Path) -> None:
             assert entry["sha256"] == hashlib.sha256(f.content.encode()).hexdigest()
             assert int(entry["mode"], 8) == f.mode
             assert entry["owner"] == "root:root"
-            assert entry["service"] in {"haproxy", "keepalived", "systemd", "sysctl"}
+            assert entry["service"] in {"haproxy", "keepalived", "systemd", "sysctl", "nftables"}
     json.dumps(manifest)  # serialisable
 
 
