@@ -188,18 +188,24 @@ def apply_host(host: Host, peer: str, plan: HostPlan, files: list[RenderedFile],
             ", nft -c" if any(f.path == firewall.RULESET for f in files) else "")
         progress(f"{host.name}: validated ({checked}); installing "
                  f"{len(plan.changes)} file(s)")
-        host.check(_install_script(stage, plan), "install files", sudo=True)
-        reason = None
-        if load_fw:
-            # First, before haproxy or keepalived see a new file: if the firewall cuts
-            # this machine off, the host's own rollback restores every file, and nothing
-            # else has taken effect yet.
-            reason = _load_firewall(host, actions, progress)
-            actions = [c for c in actions if c != "systemctl daemon-reload"]
-        if reason is None:
-            reason = _run_actions(host, actions, progress)
-        if reason is None:
-            reason = wait_healthy(host, instances, stats_port)
+        try:
+            host.check(_install_script(stage, plan), "install files", sudo=True)
+            reason = None
+            if load_fw:
+                # First, before haproxy or keepalived see a new file: if the firewall cuts
+                # this machine off, the host's own rollback restores every file, and
+                # nothing else has taken effect yet.
+                reason = _load_firewall(host, actions, progress)
+                actions = [c for c in actions if c != "systemctl daemon-reload"]
+            if reason is None:
+                reason = _run_actions(host, actions, progress)
+            if reason is None:
+                reason = wait_healthy(host, instances, stats_port)
+        except KeyboardInterrupt:
+            # Never leave a host half-applied: Ctrl-C puts its previous files back.
+            progress(f"{host.name}: interrupted; restoring its previous files")
+            _rollback(host, plan, progress, firewall_loaded=load_fw)
+            raise
         if reason is not None:
             _rollback(host, plan, progress, firewall_loaded=load_fw)
             raise ApplyError(host.name, reason, rolled_back=True)
