@@ -22,6 +22,9 @@ from edgekit.inventory.model import Inventory, Service
 CHECK_SCRIPT = "/etc/keepalived/edgekit-check-haproxy"
 NOTIFY_SCRIPT = "/etc/keepalived/edgekit-notify"
 STATE_DIR = "/run/edgekit"
+# 1 while haproxy.service is stopped or dead, written by its edgekit drop-in; keepalived
+# watches it (track_file, inotify) and enters FAULT at once.
+HAPROXY_DOWN_FILE = f"{STATE_DIR}/haproxy-down"
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 
@@ -129,6 +132,7 @@ def _context(loaded: Loaded) -> dict[str, object]:
         "check_script": CHECK_SCRIPT,
         "notify_script": NOTIFY_SCRIPT,
         "state_dir": STATE_DIR,
+        "haproxy_down_file": HAPROXY_DOWN_FILE,
     }
 
 
@@ -149,6 +153,9 @@ def render_shared(loaded: Loaded) -> list[RenderedFile]:
                      "root:root", "keepalived"),
         RenderedFile("/etc/systemd/system/keepalived.service.d/edgekit.conf",
                      env.get_template("keepalived-override.conf.j2").render(ctx), 0o644,
+                     "root:root", "systemd"),
+        RenderedFile("/etc/systemd/system/haproxy.service.d/edgekit.conf",
+                     env.get_template("haproxy-override.conf.j2").render(ctx), 0o644,
                      "root:root", "systemd"),
         RenderedFile("/etc/sysctl.d/60-edgekit.conf",
                      env.get_template("sysctl.conf.j2").render(ctx), 0o644, "root:root",

@@ -573,6 +573,22 @@ def test_systemd_dropin_restarts_keepalived_after_a_crash(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
+def test_haproxy_stop_reaches_keepalived_through_the_file_it_tracks(path: Path) -> None:
+    _, files = rendered(path)
+    peer_files = next(iter(files.values()))
+    dropin = peer_files["/etc/systemd/system/haproxy.service.d/edgekit.conf"].content
+    stop = re.search(r"^ExecStopPost=.*echo 1 > (\S+?)'?$", dropin, re.M)
+    start = re.search(r"^ExecStartPost=.*echo 0 > (\S+?)'?$", dropin, re.M)
+    assert stop and start and stop.group(1) == start.group(1)
+    assert "mv " not in dropin  # a rename would end keepalived's watch of the file
+    conf = peer_files["/etc/keepalived/keepalived.conf"].content.splitlines()
+    track = blocks(conf, "track_file")["haproxy_down"]
+    assert f'file "{stop.group(1)}"' in track and "weight 0" in track
+    for body in blocks(conf, "vrrp_instance").values():
+        assert inner(body, "track_file") == ["haproxy_down"]
+
+
+@pytest.mark.parametrize("path", GOOD, ids=IDS)
 def test_sysctl_allows_binding_a_vip_not_yet_held(path: Path) -> None:
     _, files = rendered(path)
     sysctl = next(iter(files.values()))["/etc/sysctl.d/60-edgekit.conf"]
