@@ -46,8 +46,11 @@ class RenderedFile:
         return hashlib.sha256(self.content.encode()).hexdigest()
 
     def manifest_entry(self) -> dict[str, object]:
+        # A secret file's hash would let anyone holding the manifest (or `render --json`
+        # output in a CI log) test password guesses offline: it is left out.
         return {"path": self.path, "mode": f"{self.mode:04o}", "owner": self.owner,
-                "sha256": self.sha256, "service": self.service, "secret": self.secret}
+                "sha256": None if self.secret else self.sha256, "service": self.service,
+                "secret": self.secret}
 
 
 def templates_dir() -> Path:
