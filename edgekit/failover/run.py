@@ -126,7 +126,7 @@ def run_scenario(loaded: Loaded, name: str, power: PowerDriver | None, opts: Opt
         finally:
             result.probes = prober.stop()
             result.samples = watcher.stop()
-        _measure(result, [p.name for p in inv.peers])
+        score(result, [p.name for p in inv.peers])
         return result
     finally:
         close_all(hosts)
@@ -174,7 +174,7 @@ def _wait_move(watcher: OwnershipWatcher, old: str, peers: list[str], hold_s: fl
         time.sleep(0.1)
 
 
-def _measure(r: ScenarioResult, peers: list[str]) -> None:
+def score(r: ScenarioResult, peers: list[str]) -> None:
     timeline = measure.holder_timeline(r.samples, peers)
     r.total_probes = len(r.probes)
     r.failed_probes = sum(1 for p in r.probes if not p.ok)
@@ -184,8 +184,12 @@ def _measure(r: ScenarioResult, peers: list[str]) -> None:
     after = [h for t, h in timeline if t >= r.fault_t and h and r.holder not in h]
     r.new_holder = ",".join(sorted(after[0])) if after else ""
     r.split_brain_s = round(measure.split_brain(timeline), 3)
+    # Two holders when the fault was about to be undone (a crashed keepalived that left
+    # its VIP behind, say), or still at the end, is a split brain that lasted; a moment
+    # of overlap during a takeover is not.
+    at_restore = [h for t, h in timeline if t <= r.restore_t]
     end_holders = timeline[-1][1] if timeline else frozenset()
-    r.lasting_split_brain = len(end_holders) > 1
+    r.lasting_split_brain = len(end_holders) > 1 or bool(at_restore and len(at_restore[-1]) > 1)
     r.passed = (r.recovered and r.vip_move_s is not None and r.outage_s <= r.budget_s
                 and not r.lasting_split_brain and not r.error)
 

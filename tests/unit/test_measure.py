@@ -16,6 +16,7 @@ from edgekit.failover.measure import (
     transitions,
     vip_move,
 )
+from edgekit.failover.run import ScenarioResult, score
 
 DATA = Path(__file__).parent.parent / "data" / "recorded"
 
@@ -109,3 +110,30 @@ def test_recorded_series_give_the_figures_reported_at_run_time(name: str) -> Non
             run = 0 if p.ok else run + 1
             longest = max(longest, run)
         assert reported["outage_s"] >= (longest - 1) * 0.05 - 1e-9
+
+
+def scored(rows: list[tuple[float, str, int]], probe_pattern: str,
+           restore_t: float) -> ScenarioResult:
+    r = ScenarioResult("keepalived-crash", holder="a", budget_s=1.0, recovered=True,
+                       fault_t=1.0, restore_t=restore_t)
+    r.samples = samples(rows)
+    r.probes = probes(probe_pattern, start=0.0, step=0.1)
+    score(r, ["a", "b"])
+    return r
+
+
+def test_a_crash_that_leaves_the_vip_behind_fails_as_a_lasting_split_brain() -> None:
+    # b takes the VIP at 1.5 while a keeps it until the restore at 3.0
+    rows = [(t / 10, "a", 1) for t in range(0, 35)]
+    rows += [(t / 10, "b", int(t >= 15)) for t in range(0, 35)]
+    rows += [(t / 10, "a", 0) for t in range(35, 40)] + [(t / 10, "b", 1) for t in range(35, 40)]
+    r = scored(rows, "1" * 40, restore_t=3.0)
+    assert r.outage_s == 0.0 and r.lasting_split_brain and not r.passed
+
+
+def test_a_moment_of_overlap_during_a_takeover_is_not_lasting() -> None:
+    rows = [(t / 10, "a", int(t <= 15)) for t in range(0, 40)]
+    rows += [(t / 10, "b", int(t >= 15)) for t in range(0, 40)]
+    r = scored(rows, "1" * 40, restore_t=3.0)
+    assert r.split_brain_s > 0 and not r.lasting_split_brain and r.passed
+    assert r.vip_move_s == pytest.approx(0.6)
