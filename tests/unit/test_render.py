@@ -584,6 +584,11 @@ def test_haproxy_stop_reaches_keepalived_through_the_file_it_tracks(path: Path) 
     start = re.search(r"^ExecStartPost=.*echo 0 > (\S+?)'?$", dropin, re.M)
     assert stop and start and stop.group(1) == start.group(1)
     assert "mv " not in dropin  # a rename would end keepalived's watch of the file
+    # keepalived may start first at boot; a track file whose directory is missing is
+    # dropped from its config, so its unit makes the directory.
+    keepalived_dropin = peer_files["/etc/systemd/system/keepalived.service.d/edgekit.conf"]
+    directory = stop.group(1).rsplit("/", 1)[0]
+    assert f"ExecStartPre=/bin/mkdir -p {directory}" in keepalived_dropin.content
     conf = peer_files["/etc/keepalived/keepalived.conf"].content.splitlines()
     track = blocks(conf, "track_file")["haproxy_down"]
     assert f'file "{stop.group(1)}"' in track and "weight 0" in track
