@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,15 +23,11 @@ from edgekit.failover.probes import OwnershipWatcher, Prober, Target
 from edgekit.hosts import close_all, peer_hosts
 from edgekit.inventory import load_inventory
 from tests.conftest import need_program
+from tests.e2e.cli import edgekit, one_line_error
 
 pytestmark = pytest.mark.lab
 
 MANAGED = ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf")
-
-
-def edgekit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "EDGEKIT_DEBUG": "0"})
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +57,6 @@ def two_nodes(base: dict[str, Any], workdir: Path) -> Path:
 def sha256s(lab_ssh: Any, host: str) -> dict[str, str]:
     out = lab_ssh(host, "sudo sha256sum " + " ".join(MANAGED)).stdout
     return {line.split()[1]: line.split()[0] for line in out.splitlines()}
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("edgekit:")]
-    assert "Traceback" not in result.stderr + result.stdout
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 # --- refusals before anything changes -------------------------------------------------

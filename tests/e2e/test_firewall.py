@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 import re
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from edgekit import firewall, render
 from edgekit.deploy import confirm
 from edgekit.inventory import load_inventory
 from tests.conftest import need_program, need_root
+from tests.e2e.cli import edgekit, one_line_error
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOOD = sorted((DATA / "good").glob("*.yaml"))
@@ -149,19 +149,6 @@ def test_reloading_replaces_only_the_edgekit_table(scratch_ns: str, tmp_path: Pa
 
 
 # --- in the lab ---------------------------------------------------------------------------
-
-def edgekit(*args: str, timeout: float = 300, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    return _run([sys.executable, "-m", "edgekit", *args], timeout=timeout,
-                env={**os.environ, "EDGEKIT_DEBUG": "0", **(env or {})})
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("edgekit:")]
-    assert "Traceback" not in result.stderr + result.stdout
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
 
 @pytest.fixture(scope="module")
 def base(lab: Any) -> dict[str, Any]:
