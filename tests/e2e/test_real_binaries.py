@@ -27,8 +27,10 @@ from tests.conftest import need_program, need_root
 pytestmark = pytest.mark.binaries
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-GOOD = sorted((DATA / "good").glob("*.yaml"))
-IDS = [p.stem for p in GOOD]
+# Every good test inventory, and the Vagrant lab's, which users deploy as shipped.
+VAGRANT = Path(__file__).resolve().parents[2] / "vagrant" / "edge.yaml"
+GOOD = [*sorted((DATA / "good").glob("*.yaml")), VAGRANT]
+IDS = [p.stem if p != VAGRANT else "vagrant-lab" for p in GOOD]
 STRONG = "Zq8-vLm3pRt7xW"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
