@@ -15,6 +15,7 @@ from edgekit.errors import OperationError
 from edgekit.facts import HostFacts
 from edgekit.hosts import close_all, gather, in_parallel, peer_hosts
 from edgekit.inventory import Loaded
+from edgekit.net import tcp_answers
 from edgekit.remote import Host, HostError
 from edgekit.render import inventory_hash, render_all
 
@@ -95,12 +96,6 @@ def vip_holders(loaded: Loaded, facts: dict[str, HostFacts]) -> dict[str, list[s
             for v in loaded.inventory.vips}
 
 
-def service_reachable(address: str, port: int, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _firewall_plans(loaded: Loaded, plans: dict[str, HostPlan],
@@ -224,7 +219,7 @@ def _verify(loaded: Loaded, hosts: dict[str, Host], paths: list[str], report: De
                 # The firewall refuses this machine on purpose: not a failure.
                 report.skipped_checks[key] = f"{own} is outside the service's client_cidrs"
                 continue
-            ok = service_reachable(str(vip.address.ip), svc.listen)
+            ok = tcp_answers(str(vip.address.ip), svc.listen, timeout=3.0)
             report.service_checks[key] = ok
             if not ok:
                 report.error = (f"service {svc.name} does not answer on "

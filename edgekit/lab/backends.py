@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from edgekit.lab.plan import (
     LabInfo,
 )
 from edgekit.lab.system import Proc, in_cgroups_argv, make_cgroups, remove_cgroup_tree, spawn
+from edgekit.net import tcp_answers
 
 SERVER = Path(__file__).with_name("backend_server.py")
 PORTS = (BACKEND_HTTP_PORT, BACKEND_TLS_PORT, BACKEND_API_PORT)
@@ -42,11 +42,7 @@ def start(lab: LabInfo, host: LabHost, cert: Path, key: Path) -> Proc:
 
 
 def answers(address: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return tcp_answers(address, port, timeout)
 
 
 def wait_ports(host: LabHost, server: Proc, timeout: float) -> None:

@@ -14,7 +14,6 @@ import base64
 import copy
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import yaml
 from edgekit import firewall, render
 from edgekit.deploy import confirm
 from edgekit.inventory import load_inventory
+from edgekit.net import tcp_answers
 from tests.conftest import need_program, need_root
 from tests.e2e.cli import edgekit, one_line_error
 
@@ -224,11 +224,7 @@ def outsider(lab: Any) -> Iterator[Outsider]:
 
 
 def connects(host: str, port: int, timeout: float = 2.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return tcp_answers(host, port, timeout)
 
 
 def proxy_ns(lab: Any, name: str) -> str:
