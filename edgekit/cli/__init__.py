@@ -2,15 +2,21 @@
 
 Commands parse options and call plain library functions; library code raises
 EdgekitError and only `main` turns errors into one line and an exit code.
+`main(argv)` neither reads nor changes sys.argv and never exits the interpreter, so
+tests drive it in-process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 
+from edgekit import __version__
 from edgekit.errors import EdgekitError, ExitCode
 
 app = typer.Typer(
@@ -18,8 +24,30 @@ app = typer.Typer(
     help="A highly available haproxy + keepalived edge for bare-metal Kubernetes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+HELP_NAMES = ["-h", "--help"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgekit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show a traceback on errors (anywhere on the command line; or "
+        "EDGEKIT_DEBUG=1).")] = False,
+) -> None:
+    """A highly available haproxy + keepalived edge for bare-metal Kubernetes."""
+    # --debug is taken off the command line by main() before parsing, wherever it
+    # stands; it is declared here so that --help lists it.
 
 
 def _register() -> None:
@@ -35,36 +63,71 @@ def err(message: str) -> None:
     typer.echo(f"edgekit: {message}", err=True)
 
 
-def main() -> None:
+def _params(command: Any) -> Iterator[Any]:
+    yield from command.params
+    # Made now, with the names every context inherits, so that it can be adjusted too.
+    help_option = command.get_help_option(command.context_class(
+        command, help_option_names=HELP_NAMES))
+    if help_option is not None:
+        yield help_option
+    for sub in getattr(command, "commands", {}).values():
+        yield from _params(sub)
+
+
+def _command() -> Any:
     _register()
-    debug = "--debug" in sys.argv or os.environ.get("EDGEKIT_DEBUG") == "1"
-    if "--debug" in sys.argv:
-        sys.argv.remove("--debug")
+    command = typer.main.get_command(app)
+    for param in _params(command):
+        # A flag takes no value: show no `<bool>` placeholder for it in --help.
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return command
+
+
+def _json_error(exc: EdgekitError) -> None:
+    details = getattr(exc, "details", None)
+    errors = details() if callable(details) else [
+        {"file": None, "line": None, "path": None, "message": str(exc)}]
+    typer.echo(json.dumps({"ok": False, "errors": errors}, indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one edgekit command; the exit code (see ExitCode) is returned, never raised."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("EDGEKIT_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
     try:
-        rv = app(standalone_mode=False)
+        rv = _command().main(args=args, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:
         if debug:
             raise
+        if "--json" in args:
+            _json_error(exc)
         for line in str(exc).splitlines():
             err(line)
-        sys.exit(int(exc.exit_code))
+        return int(exc.exit_code)
     except KeyboardInterrupt:
         err("interrupted")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        return int(ExitCode.INTERRUPTED)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code)
     except typer.Abort:
         err("aborted")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # usage errors and the unexpected
         # Usage errors are click's ClickException; typer vendors click in newer
         # releases, so recognise it by shape rather than by import.
         show = getattr(exc, "show", None)
         if callable(show) and hasattr(exc, "exit_code"):
             show()
-            sys.exit(int(ExitCode.BAD_INPUT))
+            return int(ExitCode.BAD_INPUT)
         if debug:
             raise
         err(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
-        sys.exit(int(ExitCode.FAILED))
-    sys.exit(rv if isinstance(rv, int) else 0)
+        return int(ExitCode.FAILED)
+    return rv if isinstance(rv, int) else 0
+
+
+def run() -> None:
+    """The console script: main() with the process's argv, as the process exit code."""
+    sys.exit(main())

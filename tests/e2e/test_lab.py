@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # depend on edgekit.cli._register (test_cli_registers_... checks that).
 CLI = [
     sys.executable, "-c",
-    "import sys, edgekit.cli.lab; from edgekit.cli import main; sys.argv[0] = 'edgekit'; main()",
+    "import edgekit.cli.lab; from edgekit.cli import run; run()",
 ]  # fmt: skip
 
 ROUTES = """\
