@@ -7,6 +7,7 @@ import ipaddress
 import json
 import shlex
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from edgekit import firewall
 
@@ -16,22 +17,38 @@ FIREWALL_STATE_DIR = "/var/lib/edgekit"
 ROLLED_BACK_MARKER = f"{FIREWALL_STATE_DIR}/firewall-rolled-back"
 
 
+class TableState(StrEnum):
+    """The edgekit nftables table on a host, as the facts script prints it."""
+
+    MATCH = "match"  # loaded, and what the installed ruleset loads (nft lists compared)
+    DIFFERS = "differs"  # loaded, but not what the installed ruleset loads
+    LOADED = "loaded"  # loaded; not compared (no ruleset file among the paths asked)
+    UNLOADED = "unloaded"
+    NO_NFT = "no-nft"  # nft is not installed
+    UNKNOWN = "unknown"
+
+    @property
+    def present(self) -> bool:
+        return self in (TableState.MATCH, TableState.DIFFERS, TableState.LOADED)
+
+
 @dataclass
 class FirewallFacts:
     """The edgekit nftables table and its unit on a host."""
 
-    # match: the loaded table is what the installed ruleset file loads (compared as nft
-    # lists both); differs; loaded: present, not compared; unloaded; no-nft.
-    table: str = "unknown"
+    table: TableState = TableState.UNKNOWN
     comment_hash: str = ""  # from the table's `comment "edgekit inventory sha256:..."`
     unit_active: str = ""
     unit_enabled: str = ""  # "" when the unit file does not exist
     rolled_back: str = ""  # when the commit-confirmed timer last restored a ruleset
 
+    def __post_init__(self) -> None:
+        self.table = TableState(self.table)
+
     @property
     def present(self) -> bool:
         """Anything of edgekit's firewall on the host."""
-        return (self.table in ("match", "differs", "loaded") or self.unit_enabled != ""
+        return (self.table.present or self.unit_enabled != ""
                 or self.unit_active in ("active", "activating"))
 
 
@@ -176,7 +193,10 @@ def parse_firewall(lines: list[str]) -> FirewallFacts:
             # `is-enabled` prints nothing on stdout for a unit file that does not exist.
             fw.unit_enabled = words[1] if len(words) > 1 else ""
         elif key == "table":
-            fw.table = rest.strip()
+            try:
+                fw.table = TableState(rest.strip())
+            except ValueError:
+                fw.table = TableState.UNKNOWN
         elif key == "comment":
             fw.comment_hash = rest.strip()
         elif key == "rolledback":

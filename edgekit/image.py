@@ -22,8 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import InputError, OperationError, PrerequisiteError
-from edgekit.lab.state import locked
-from edgekit.lab.system import mounts_under
+from edgekit.hostfs import locked, mounts_under
 
 Progress = Callable[[str], None]
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from edgekit import firewall
 from edgekit.errors import EdgekitError
-from edgekit.facts import FirewallFacts, HostFacts
-from edgekit.hosts import close_all, gather, in_parallel, peer_hosts
+from edgekit.facts import FirewallFacts, HostFacts, TableState
+from edgekit.hosts import gather, in_parallel
 from edgekit.inventory import Loaded
-from edgekit.remote import Host
+from edgekit.remote import Transport
 from edgekit.render import inventory_hash, render_all
 
 # Reads haproxy's runtime API (a unix socket) on the host; python3 is on every
@@ -69,7 +70,7 @@ def parse_show_stat(text: str, backends: set[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def peer_status(loaded: Loaded, host: Host, wanted: dict[str, str]) -> PeerStatus:
+def peer_status(loaded: Loaded, host: Transport, wanted: dict[str, str]) -> PeerStatus:
     try:
         facts = gather(host, list(wanted))
     except EdgekitError as exc:
@@ -95,19 +96,18 @@ def firewall_state(loaded: Loaded, fw: FirewallFacts) -> str:
     """One word or phrase: whether the edgekit table is loaded and is what it should be."""
     inv = loaded.inventory
     if not inv.firewall.enabled:
-        return "off (but the edgekit table is loaded)" if fw.table in (
-            "match", "differs", "loaded") else "off"
-    if fw.table == "no-nft":
+        return "off (but the edgekit table is loaded)" if fw.table.present else "off"
+    if fw.table is TableState.NO_NFT:
         return "nft missing"
-    if fw.table == "unloaded":
+    if fw.table is TableState.UNLOADED:
         return "not loaded" + (f" (host rolled back at {fw.rolled_back})"
                                if fw.rolled_back else "")
-    if fw.table == "differs":
+    if fw.table is TableState.DIFFERS:
         return f"differs from {firewall.RULESET}"
-    if fw.table == "loaded" and fw.comment_hash != inventory_hash(inv, firewall.SECTIONS):
+    if fw.table is TableState.LOADED and fw.comment_hash != inventory_hash(inv, firewall.SECTIONS):
         return "loaded from another inventory"
-    if fw.table not in ("match", "loaded"):
-        return fw.table
+    if fw.table not in (TableState.MATCH, TableState.LOADED):
+        return str(fw.table)
     if fw.unit_enabled != "enabled":
         return f"loaded, but {firewall.UNIT} is not enabled (lost at reboot)"
     return "loaded"
@@ -146,15 +146,9 @@ def verdict(loaded: Loaded, peers: list[PeerStatus]) -> tuple[dict[str, list[str
     return holders, problems
 
 
-def cluster_status(loaded: Loaded, hosts: dict[str, Host] | None = None) -> ClusterStatus:
-    own = hosts is None
-    hosts = hosts if hosts is not None else peer_hosts(loaded)
+def cluster_status(loaded: Loaded, hosts: Mapping[str, Transport]) -> ClusterStatus:
     files = render_all(loaded)
-    try:
-        peers = list(in_parallel(hosts, lambda h: peer_status(
-            loaded, h, {f.path: f.content for f in files[h.name]})).values())
-    finally:
-        if own:
-            close_all(hosts)
+    peers = list(in_parallel(hosts, lambda h: peer_status(
+        loaded, h, {f.path: f.content for f in files[h.name]})).values())
     holders, problems = verdict(loaded, peers)
     return ClusterStatus(peers, holders, problems)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -28,6 +28,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 HELP_NAMES = ["-h", "--help"]
+# Option help that is read from a registry each time the CLI runs (so it is never
+# stale): (command name, option name) -> a function that returns the text.
+LIVE_HELP: dict[tuple[str, str], Callable[[], str]] = {}
 
 
 def _version(value: bool) -> None:
@@ -64,7 +67,11 @@ def err(message: str) -> None:
 
 
 def _params(command: Any) -> Iterator[Any]:
-    yield from command.params
+    for param in command.params:
+        live = LIVE_HELP.get((command.name, param.name))
+        if live is not None:
+            param.help = live()
+        yield param
     # Made now, with the names every context inherits, so that it can be adjusted too.
     help_option = command.get_help_option(command.context_class(
         command, help_option_names=HELP_NAMES))

@@ -12,6 +12,7 @@ import typer
 
 from edgekit.cli import app
 from edgekit.errors import ExitCode, OperationError
+from edgekit.lab.base import LabProvider
 
 lab_app = typer.Typer(help="A local lab of Debian proxy hosts and backends on this machine.",
                       no_args_is_help=True)  # fmt: skip
@@ -34,6 +35,12 @@ def note(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _provider(provider: Provider) -> LabProvider:
+    from edgekit.lab import provider as lab_provider
+
+    return lab_provider(provider.value, progress=note)
+
+
 @lab_app.command("up")
 def lab_up(
     peers: Annotated[int, typer.Option("--peers", help="Proxy hosts.")] = 2,
@@ -47,28 +54,13 @@ def lab_up(
     provider: ProviderOpt = Provider.local,
 ) -> None:
     """Create the lab (replacing any earlier one) and print the inventory path."""
-    if provider is Provider.vagrant:
-        from edgekit.lab import vagrant
-
-        typer.echo(vagrant.up(peers=peers))
-        return
-    from edgekit.lab import local
-
-    lab = local.up(peers=peers, backends=backends, subnet=subnet, progress=note)
-    typer.echo(lab.inventory)
+    typer.echo(_provider(provider).up(peers=peers, backends=backends, subnet=subnet))
 
 
 @lab_app.command("down")
 def lab_down(provider: ProviderOpt = Provider.local) -> None:
     """Remove everything the lab created; safe when nothing or half of it is there."""
-    if provider is Provider.vagrant:
-        from edgekit.lab import vagrant
-
-        vagrant.down()
-        return
-    from edgekit.lab import local
-
-    local.down(progress=note)
+    _provider(provider).down()
 
 
 @lab_app.command("status")
@@ -77,14 +69,7 @@ def lab_status(
     provider: ProviderOpt = Provider.local,
 ) -> int:
     """List the lab's hosts and whether each is up (exit 1 when one is down)."""
-    if provider is Provider.vagrant:
-        from edgekit.lab import vagrant
-
-        hosts = vagrant.status()
-    else:
-        from edgekit.lab import local
-
-        hosts = local.status()
+    hosts = _provider(provider).status()
     if json_out:
         typer.echo(json.dumps([h.to_dict() for h in hosts], indent=2))
     elif hosts:
@@ -100,18 +85,7 @@ def lab_status(
 @lab_app.command("inventory")
 def lab_inventory(provider: ProviderOpt = Provider.local) -> None:
     """Print the path of the lab's edge.yaml: edgekit deploy -i "$(edgekit lab inventory)"."""
-    if provider is Provider.vagrant:
-        from edgekit.lab import vagrant
-
-        path = vagrant.inventory_path()
-    else:
-        from edgekit.lab import local
-
-        path = local.inventory_path()
-    if not path.exists():
-        raise OperationError(f"{path} does not exist: no lab is running",
-                             hint="sudo edgekit lab up")  # fmt: skip
-    typer.echo(path)
+    typer.echo(_provider(provider).inventory())
 
 
 @lab_app.command("ssh", context_settings={"allow_extra_args": True,
@@ -121,11 +95,10 @@ def lab_ssh(
     command: Annotated[
         list[str] | None, typer.Argument(help="Run this instead of a shell.")
     ] = None,
+    provider: ProviderOpt = Provider.local,
 ) -> None:
-    """Open a shell on a lab proxy host, or run COMMAND there (strict host key checking)."""
-    from edgekit.lab import local
-
-    argv = local.ssh_argv(host, list(command or []))
+    """Open a shell on a lab host, or run COMMAND there (strict host key checking)."""
+    argv = _provider(provider).ssh_argv(host, list(command or []))
     os.execvp(argv[0], argv)
 
 

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edgekit.cli import app
+from edgekit.cli import LIVE_HELP, app
 from edgekit.cli.inventory import Inv, Json, echo_json, note
-from edgekit.errors import ExitCode
+from edgekit.errors import ExitCode, InputError, OperationError
 from edgekit.inventory import Loaded, load_inventory, parse_peers_flag
 
 if TYPE_CHECKING:
-    from edgekit.deploy import DeployReport
+    from edgekit.deploy import DeployPlan, DeployReport
     from edgekit.status import ClusterStatus
 
 Peers = Annotated[str | None, typer.Option(
@@ -41,43 +41,51 @@ def deploy(
     json_out: Json = False,
 ) -> int:
     """Make every peer an identical haproxy + keepalived proxy: preflight, plan, roll out."""
-    from edgekit.deploy import deploy as run_deploy
+    from edgekit import deploy as rollout
+    from edgekit.hosts import close_all, peer_hosts
 
     loaded = _load(inventory, peers)
     names = [n.strip() for n in limit.split(",")] if limit else None
     progress = (lambda _m: None) if json_out else note
-    plan = run_deploy(loaded, dry_run=True, limit=names, accept_new=accept_new,
-                      progress=progress)
-    if not json_out:
-        for name, host_plan in plan.plans.items():
-            if host_plan.changed:
-                typer.echo(f"--- {name}: {', '.join(host_plan.paths()) or 'no file changes'}"
-                           + (f"; install {' '.join(host_plan.missing_packages)}"
-                              if host_plan.missing_packages else "")
-                           + (f"; start {' '.join(host_plan.start_units)}"
-                              if host_plan.start_units else ""))
-                typer.echo(host_plan.diff(), nl=False)
-            else:
-                note(f"{name}: no changes")
-    if dry_run or not plan.pending:
-        if json_out:
-            echo_json({**plan.to_dict(), "dry_run": dry_run, "pending": plan.pending})
-        if not plan.pending and not json_out:
-            note("no changes")
-        return int(ExitCode.PENDING if plan.pending and dry_run else ExitCode.OK)
-    if not yes and not typer.confirm("apply these changes?", err=True):
-        note("nothing applied")
-        return int(ExitCode.INTERRUPTED)
-    report = run_deploy(loaded, limit=names, accept_new=accept_new, progress=progress)
+    hosts = rollout.select(peer_hosts(loaded, accept_new=accept_new), names)
+    try:
+        plan = rollout.plan(loaded, hosts, progress=progress)
+        if not json_out:
+            _show_plan(plan)
+        if dry_run or not plan.pending:
+            if json_out:
+                report = rollout.DeployReport(plan, holders=plan.holders())
+                echo_json({**report.to_dict(), "dry_run": dry_run, "pending": plan.pending})
+            if not plan.pending and not json_out:
+                note("no changes")
+            return int(ExitCode.PENDING if plan.pending and dry_run else ExitCode.OK)
+        if not yes and not typer.confirm("apply these changes?", err=True):
+            note("nothing applied")
+            return int(ExitCode.INTERRUPTED)
+        # Exactly what was shown: apply() plans nothing again.
+        report = rollout.apply(plan, hosts, progress=progress)
+    finally:
+        close_all(hosts)
     if json_out:
         echo_json({**report.to_dict(), "dry_run": False})
     else:
         _summary(report)
     if report.error:
-        from edgekit.errors import OperationError
-
         raise OperationError(report.error)
     return int(ExitCode.OK)
+
+
+def _show_plan(plan: DeployPlan) -> None:
+    for name, host_plan in plan.hosts.items():
+        if host_plan.changed:
+            typer.echo(f"--- {name}: {', '.join(host_plan.paths()) or 'no file changes'}"
+                       + (f"; install {' '.join(host_plan.missing_packages)}"
+                          if host_plan.missing_packages else "")
+                       + (f"; start {' '.join(host_plan.start_units)}"
+                          if host_plan.start_units else ""))
+            typer.echo(host_plan.diff(), nl=False)
+        else:
+            note(f"{name}: no changes")
 
 
 def _summary(report: DeployReport) -> None:
@@ -146,12 +154,21 @@ def _status_table(st: ClusterStatus) -> None:
     typer.echo(f"verdict: {st.verdict}")
 
 
+def _scenario_help() -> str:
+    from edgekit.failover.scenarios import help_text
+
+    return help_text()
+
+
+LIVE_HELP[("failover-test", "scenario")] = _scenario_help
 @app.command("failover-test")
 def failover_test(
     inventory: Inv = Path("edge.yaml"),
     scenario: Annotated[list[str] | None, typer.Option(
-        "--scenario", "-s", help="graceful, haproxy-down, keepalived-crash, link-down, "
-        "host-down (repeatable; default: all that can run here).")] = None,
+        "--scenario", "-s", help=_scenario_help())] = None,
+    list_only: Annotated[bool, typer.Option(
+        "--list", help="List the scenarios (name, budget, needs, description) and exit.")
+    ] = False,
     report: Annotated[Path | None, typer.Option(
         "--report", help="Also write results.json and an SVG timeline per scenario here.")
     ] = None,
@@ -170,27 +187,31 @@ def failover_test(
     json_out: Json = False,
 ) -> int:
     """Break the VIP holder in realistic ways under live traffic; measure what clients saw."""
-    from edgekit.errors import InputError
-    from edgekit.failover import power as power_mod
+    from edgekit.failover import scenarios as registry
+    from edgekit.failover.faults import driver_for
     from edgekit.failover.report import results_json, write_report
     from edgekit.failover.run import Options, run
-    from edgekit.failover.scenarios import SCENARIOS
-    from edgekit.hosts import peer_hosts
+    from edgekit.hosts import close_all, peer_hosts
 
+    if list_only:
+        return _list_scenarios(json_out)
     loaded = _load(inventory, None)
-    power = power_mod.power_for(inventory, peer_hosts(loaded), allow_host_down)
-    names = scenario or [s for s in SCENARIOS if s != "host-down" or power is not None]
-    for name in names:
-        if name not in SCENARIOS:
-            raise InputError(f"--scenario: unknown scenario {name!r} "
-                             f"(known: {', '.join(SCENARIOS)})")
-        if name == "host-down":
-            power_mod.require_power(power)
-    if not scenario and power is None:
-        note("host-down skipped: real hosts need --allow-host-down")
-    results = run(loaded, names, power, Options(hold_s=hold, allow_drift=allow_drift,
-                                               move_wait_s=move_wait, stable_s=stable),
-                  (lambda _m: None) if json_out else note)
+    hosts = peer_hosts(loaded)
+    driver = driver_for(inventory, hosts, allow_host_down)
+    try:
+        chosen, left_out = registry.select(scenario, driver)
+    except ValueError as exc:
+        hint = ("pass --allow-host-down to power real hosts off" if "power" in str(exc)
+                else None)
+        raise InputError(f"--scenario: {exc}", hint=hint) from None
+    for line in left_out:
+        note(line + ("; real hosts need --allow-host-down" if "power" in line else ""))
+    try:
+        results = run(loaded, hosts, chosen, driver,
+                      Options(hold_s=hold, allow_drift=allow_drift, move_wait_s=move_wait,
+                              stable_s=stable), (lambda _m: None) if json_out else note)
+    finally:
+        close_all(hosts)
     data = results_json(results)
     if report:
         write_report(report, results, [p.name for p in loaded.inventory.peers])
@@ -209,3 +230,15 @@ def failover_test(
         if report:
             note(f"report written to {report}/")
     return int(ExitCode.OK if data["passed"] else ExitCode.FAILED)
+
+
+def _list_scenarios(json_out: bool) -> int:
+    from edgekit.failover.scenarios import SCENARIOS
+
+    if json_out:
+        echo_json({"scenarios": [s.to_dict() for s in SCENARIOS.values()]})
+        return int(ExitCode.OK)
+    for s in SCENARIOS.values():
+        needs = f" [needs {', '.join(sorted(s.needs))}]" if s.needs else ""
+        typer.echo(f"{s.name:<18} budget {s.budget_s:>4.1f} s  {s.description}{needs}")
+    return int(ExitCode.OK)

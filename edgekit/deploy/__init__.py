@@ -1,52 +1,92 @@
-"""edgekit deploy: preflight every host, plan, then apply host by host, VIP holders last."""
+"""edgekit deploy: `plan()` preflights every host and says what would change; `apply()`
+rolls exactly that plan out, host by host, VIP holders last, and verifies the result.
+
+    the_plan = plan(loaded, hosts)      # the user sees this (diffs, --dry-run, --json)
+    report = apply(the_plan, hosts)     # applies that data; nothing is planned again
+"""
 
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from edgekit import firewall
 from edgekit.deploy import confirm as fw_load
-from edgekit.deploy.apply import ApplyError, apply_host
+from edgekit.deploy.apply import ApplyError, Timing, apply_host
 from edgekit.deploy.plan import HostPlan, plan_host
-from edgekit.errors import OperationError
-from edgekit.facts import HostFacts
-from edgekit.hosts import close_all, gather, in_parallel, peer_hosts
+from edgekit.errors import InputError, OperationError
+from edgekit.facts import HostFacts, TableState
+from edgekit.hosts import gather, in_parallel
 from edgekit.inventory import Loaded
 from edgekit.net import tcp_answers
-from edgekit.remote import Host, HostError
-from edgekit.render import inventory_hash, render_all
+from edgekit.progress import Progress, silent, wait_until
+from edgekit.remote import HostError, Transport
+from edgekit.render import RenderedFile, inventory_hash, render_all
 
-Progress = Callable[[str], None]
+
+class FirewallAction(StrEnum):
+    """What happens to a host's edgekit firewall beyond its files."""
+
+    LOAD = "load"  # (re)load commit-confirmed: its files change, or the table differs
+    REMOVE = "remove"  # firewall.enabled is false: take table, unit and files away
+
+
+@dataclass
+class DeployPlan:
+    """Everything apply() needs, computed once: the user approves exactly this."""
+
+    loaded: Loaded
+    files: dict[str, list[RenderedFile]]  # host -> its rendered files
+    facts: dict[str, HostFacts]  # host -> what preflight read
+    hosts: dict[str, HostPlan]
+    firewall: dict[str, FirewallAction] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> bool:
+        return (any(p.changed for p in self.hosts.values())
+                or FirewallAction.REMOVE in self.firewall.values())
+
+    def order(self) -> list[str]:
+        """Hosts to change: those holding no VIP first, VIP holders last (a failure there
+        moves the VIP), inventory order otherwise."""
+        vips = [v.address for v in self.loaded.inventory.vips]
+        names = [p.name for p in self.loaded.inventory.peers if p.name in self.hosts and (
+            self.hosts[p.name].changed or self.firewall.get(p.name) is FirewallAction.REMOVE)]
+        return sorted(names, key=lambda n: any(self.facts[n].holds(v) for v in vips))
+
+    def holders(self) -> dict[str, list[str]]:
+        return vip_holders(self.loaded, self.facts)
 
 
 @dataclass
 class DeployReport:
-    plans: dict[str, HostPlan]
+    plan: DeployPlan
     applied: list[str] = field(default_factory=list)
     failed: str | None = None
     error: str | None = None
     holders: dict[str, list[str]] = field(default_factory=dict)
     service_checks: dict[str, bool] = field(default_factory=dict)
-    # Per host, what happens to the edgekit firewall beyond its files: "load" (the loaded
-    # table is not what the installed ruleset loads), "remove" (firewall.enabled: false).
-    firewall: dict[str, str] = field(default_factory=dict)
     skipped_checks: dict[str, str] = field(default_factory=dict)  # service check -> why
 
     @property
+    def plans(self) -> dict[str, HostPlan]:
+        return self.plan.hosts
+
+    @property
     def pending(self) -> bool:
-        return any(p.changed for p in self.plans.values()) or "remove" in self.firewall.values()
+        return self.plan.pending
 
     def to_dict(self) -> dict[str, object]:
         return {
             "hosts": {
-                name: {"changed": plan.changed, "files": plan.paths(),
-                       "install": plan.missing_packages, "enable": plan.enable_units,
-                       "start": plan.start_units, "firewall": self.firewall.get(name, ""),
+                name: {"changed": p.changed, "files": p.paths(),
+                       "install": p.missing_packages, "enable": p.enable_units,
+                       "start": p.start_units,
+                       "firewall": str(self.plan.firewall.get(name, "")),
                        "applied": name in self.applied}
-                for name, plan in self.plans.items()},
+                for name, p in self.plan.hosts.items()},
             "failed_host": self.failed, "error": self.error,
             "vip_holders": self.holders, "services": self.service_checks,
             "services_not_checked": self.skipped_checks,
@@ -54,7 +94,7 @@ class DeployReport:
         }
 
 
-def preflight(loaded: Loaded, host: Host, facts: HostFacts) -> None:
+def preflight(loaded: Loaded, host: Transport, facts: HostFacts) -> None:
     """Every reason this host cannot take the deploy, as one HostError."""
     inv = loaded.inventory
     if facts.os_id != "debian":
@@ -77,107 +117,111 @@ def preflight(loaded: Loaded, host: Host, facts: HostFacts) -> None:
                             "installable (apt-cache show failed)", hint="run apt-get update")
 
 
-def _check_sudo(host: Host) -> None:
-    if host.sudo_prefix and not host.run("true", sudo=True, timeout=30).ok:
-        raise HostError(host.name, f"user {host.target.user!r} cannot run sudo without a "
+def _check_sudo(host: Transport) -> None:
+    if host.needs_sudo and not host.run("true", sudo=True, timeout=30).ok:
+        raise HostError(host.name, f"user {host.user!r} cannot run sudo without a "
                         "password", hint="grant NOPASSWD sudo or use ssh.user: root")
 
 
-def _order(report: DeployReport, facts: dict[str, HostFacts], loaded: Loaded) -> list[str]:
-    """Hosts that hold no VIP first; VIP holders last (a failure there moves the VIP)."""
-    vips = [v.address for v in loaded.inventory.vips]
-    names = [p.name for p in loaded.inventory.peers if p.name in report.plans and (
-        report.plans[p.name].changed or report.firewall.get(p.name) == "remove")]
-    return sorted(names, key=lambda n: any(facts[n].holds(v) for v in vips))
-
-
-def vip_holders(loaded: Loaded, facts: dict[str, HostFacts]) -> dict[str, list[str]]:
+def vip_holders(loaded: Loaded, facts: Mapping[str, HostFacts]) -> dict[str, list[str]]:
     return {str(v.address.ip): [n for n, f in facts.items() if f.holds(v.address)]
             for v in loaded.inventory.vips}
 
 
-
-
-def _firewall_plans(loaded: Loaded, plans: dict[str, HostPlan],
-                    facts: dict[str, HostFacts], progress: Progress) -> dict[str, str]:
-    """What the firewall needs on each host beyond its files (see DeployReport.firewall)."""
+def _firewall_actions(loaded: Loaded, plans: dict[str, HostPlan],
+                      facts: dict[str, HostFacts],
+                      progress: Progress) -> dict[str, FirewallAction]:
     inv = loaded.inventory
-    out: dict[str, str] = {}
+    out: dict[str, FirewallAction] = {}
     expected = inventory_hash(inv, firewall.SECTIONS)
-    for name, plan in plans.items():
+    for name, host_plan in plans.items():
         fw = facts[name].firewall
         if not inv.firewall.enabled:
             if fw.present:
-                out[name] = "remove"
+                out[name] = FirewallAction.REMOVE
                 progress(f"{name}: firewall.enabled is false: the edgekit firewall (table "
                          f"inet {firewall.TABLE}, {firewall.UNIT}) will be removed")
             continue
-        files_change = {firewall.RULESET, firewall.UNIT_PATH} & set(plan.paths())
-        if not files_change and fw_load.wants_load(fw, expected):
-            out[name] = "load"
-            plan.start_units.append(firewall.UNIT)  # shows in the plan; loaded commit-confirmed
-        elif files_change:
-            out[name] = "load"
+        files_change = {firewall.RULESET, firewall.UNIT_PATH} & set(host_plan.paths())
+        if files_change:
+            out[name] = FirewallAction.LOAD
+        elif fw_load.wants_load(fw, expected):
+            out[name] = FirewallAction.LOAD
+            host_plan.start_units.append(firewall.UNIT)  # shows; loaded commit-confirmed
     return out
 
 
-def deploy(loaded: Loaded, *, dry_run: bool = False, limit: list[str] | None = None,
-           accept_new: bool = False, progress: Progress = lambda _m: None) -> DeployReport:
+def select(hosts: Mapping[str, Transport], limit: list[str] | None) -> dict[str, Transport]:
+    """The hosts --limit names (all without it); InputError for a name that is no peer."""
+    if not limit:
+        return dict(hosts)
+    unknown = sorted(set(limit) - set(hosts))
+    if unknown:
+        raise InputError(f"--limit: no such peer: {', '.join(unknown)}")
+    return {n: h for n, h in hosts.items() if n in limit}
+
+
+def plan(loaded: Loaded, hosts: Mapping[str, Transport], *,
+         progress: Progress = silent) -> DeployPlan:
+    """Preflight every host (nothing changes anywhere if one fails) and plan each."""
     inv = loaded.inventory
-    hosts = peer_hosts(loaded, accept_new=accept_new)
-    if limit:
-        unknown = sorted(set(limit) - set(hosts))
-        if unknown:
-            from edgekit.errors import InputError
-            raise InputError(f"--limit: no such peer: {', '.join(unknown)}")
-        hosts = {n: h for n, h in hosts.items() if n in limit}
     files = render_all(loaded)
     paths = [f.path for f in next(iter(files.values()))]
-    try:
-        progress(f"preflight: {', '.join(hosts)}")
-        in_parallel(hosts, lambda h: h.connect())
-        in_parallel(hosts, _check_sudo)
-        if inv.firewall.enabled:
-            # Before any host changes: the firewall must keep admitting this machine.
-            clients = in_parallel(hosts, lambda h: fw_load.admin_source(inv, h))
-            if fw_load.test_lockout_requested():
-                progress(f"TEST ONLY ({fw_load.LOCKOUT_ENV}=1): the firewall drops this "
-                         "machine's own address, to exercise the host's rollback")
-                files = {n: fw_load.with_test_lockout(files[n], clients[n]) if n in clients
-                         else fs for n, fs in files.items()}
-        facts = in_parallel(hosts, lambda h: gather(h, paths))
-        for name, host in hosts.items():
-            if inv.firewall.enabled and facts[name].firewall.table == "no-nft":
-                facts[name].packages["nftables"] = False  # installed like haproxy
-            preflight(loaded, host, facts[name])
-        plans = {n: plan_host(n, files[n], facts[n]) for n in hosts}
-        report = DeployReport(plans)
-        report.firewall = _firewall_plans(loaded, plans, facts, progress)
-        if dry_run or not report.pending:
-            report.holders = vip_holders(loaded, facts)
-            return report
-        instances = [f"VI_{v.vrid}" for v in inv.vips]
-        for name in _order(report, facts, loaded):
-            progress(f"{name}: applying ({len(plans[name].changes)} file(s) differ)")
-            try:
-                if plans[name].changed:
-                    apply_host(hosts[name], name, plans[name], files[name],
-                               facts[name].units, instances, inv.stats.port, progress,
-                               firewall_load=report.firewall.get(name) == "load")
-                if report.firewall.get(name) == "remove":
-                    _remove_firewall(hosts[name], progress)
-            except (ApplyError, HostError) as exc:
-                report.failed, report.error = name, str(exc)
-                return report
-            report.applied.append(name)
-            progress(f"{name}: healthy")
-        _verify(loaded, hosts, paths, report, progress)
+    progress(f"preflight: {', '.join(hosts)}")
+    in_parallel(hosts, lambda h: h.connect())
+    in_parallel(hosts, _check_sudo)
+    if inv.firewall.enabled:
+        # Before any host changes: the firewall must keep admitting this machine.
+        clients = in_parallel(hosts, lambda h: fw_load.admin_source(inv, h))
+        if fw_load.test_lockout_requested():
+            progress(f"TEST ONLY ({fw_load.LOCKOUT_ENV}=1): the firewall drops this "
+                     "machine's own address, to exercise the host's rollback")
+            files = {n: fw_load.with_test_lockout(files[n], clients[n]) if n in clients
+                     else fs for n, fs in files.items()}
+    facts = in_parallel(hosts, lambda h: gather(h, paths))
+    for name, host in hosts.items():
+        if inv.firewall.enabled and facts[name].firewall.table is TableState.NO_NFT:
+            facts[name].packages["nftables"] = False  # installed like haproxy
+        preflight(loaded, host, facts[name])
+    plans = {n: plan_host(n, files[n], facts[n]) for n in hosts}
+    return DeployPlan(loaded, {n: files[n] for n in hosts}, facts, plans,
+                      _firewall_actions(loaded, plans, facts, progress))
+
+
+def apply(the_plan: DeployPlan, hosts: Mapping[str, Transport], *,
+          progress: Progress = silent, timing: Timing | None = None,
+          answers: Callable[[str, int], bool] | None = None) -> DeployReport:
+    """Apply `the_plan` host by host in plan order; stop at the first host that fails
+    (that host is rolled back). `answers(address, port)` checks a service through a VIP
+    (a TCP connect by default)."""
+    timing = timing or Timing()
+    inv = the_plan.loaded.inventory
+    report = DeployReport(the_plan, holders=the_plan.holders())
+    if not the_plan.pending:
         return report
-    finally:
-        close_all(hosts)
+    instances = [f"VI_{v.vrid}" for v in inv.vips]
+    for name in the_plan.order():
+        host_plan = the_plan.hosts[name]
+        action = the_plan.firewall.get(name)
+        progress(f"{name}: applying ({len(host_plan.changes)} file(s) differ)")
+        try:
+            if host_plan.changed:
+                apply_host(hosts[name], name, host_plan, the_plan.files[name],
+                           the_plan.facts[name], instances, inv.stats.port, progress,
+                           firewall_load=action is FirewallAction.LOAD, timing=timing)
+            if action is FirewallAction.REMOVE:
+                _remove_firewall(hosts[name], progress)
+        except (ApplyError, HostError) as exc:
+            report.failed, report.error = name, str(exc)
+            return report
+        report.applied.append(name)
+        progress(f"{name}: healthy")
+    _verify(the_plan.loaded, hosts, report, progress, timing.verify_s,
+            answers or (lambda address, port: tcp_answers(address, port, timeout=3.0)))
+    return report
 
 
-def _remove_firewall(host: Host, progress: Progress) -> None:
+def _remove_firewall(host: Transport, progress: Progress) -> None:
     progress(f"{host.name}: removing the edgekit firewall (firewall.enabled is false)")
     result = host.run(fw_load.removal_command(), sudo=True, timeout=60)
     if not result.ok:
@@ -194,19 +238,15 @@ def local_address_towards(address: str) -> str | None:
         return None
 
 
-def _verify(loaded: Loaded, hosts: dict[str, Host], paths: list[str], report: DeployReport,
-            progress: Progress, timeout: float = 15.0) -> None:
+def _verify(loaded: Loaded, hosts: Mapping[str, Transport], report: DeployReport,
+            progress: Progress, timeout: float, answers: Callable[[str, int], bool]) -> None:
     """Exactly one holder per VIP, and each service answers through the VIP."""
-    deadline = time.monotonic() + timeout
-    while True:
-        facts = in_parallel(hosts, lambda h: gather(h, paths[:0]))
-        report.holders = vip_holders(loaded, facts)
-        if all(len(h) == 1 for h in report.holders.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    bad = {vip: h for vip, h in report.holders.items() if len(h) != 1}
-    if bad:
-        address, h = next(iter(bad.items()))
+    def one_holder_each() -> bool:
+        report.holders = vip_holders(loaded, in_parallel(hosts, lambda h: gather(h, [])))
+        return all(len(h) == 1 for h in report.holders.values())
+
+    if not wait_until(one_holder_each, timeout, interval=0.5):
+        address, h = next((v, h) for v, h in report.holders.items() if len(h) != 1)
         report.error = (f"VIP {address} has {len(h)} holders ({', '.join(h) or 'none'}) "
                         "after the deploy")
         return
@@ -219,7 +259,7 @@ def _verify(loaded: Loaded, hosts: dict[str, Host], paths: list[str], report: De
                 # The firewall refuses this machine on purpose: not a failure.
                 report.skipped_checks[key] = f"{own} is outside the service's client_cidrs"
                 continue
-            ok = tcp_answers(str(vip.address.ip), svc.listen, timeout=3.0)
+            ok = answers(str(vip.address.ip), svc.listen)
             report.service_checks[key] = ok
             if not ok:
                 report.error = (f"service {svc.name} does not answer on "
@@ -228,4 +268,5 @@ def _verify(loaded: Loaded, hosts: dict[str, Host], paths: list[str], report: De
                                                ", every service answers through its VIP"))
 
 
-__all__ = ["DeployReport", "deploy", "OperationError"]
+__all__ = ["DeployPlan", "DeployReport", "FirewallAction", "OperationError", "apply", "plan",
+           "select"]

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
 import shlex
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgekit import firewall
 from edgekit.deploy import confirm as fw_load
 from edgekit.deploy.plan import HostPlan
 from edgekit.errors import EdgekitError, OperationError
-from edgekit.remote import Host, Result
+from edgekit.facts import HostFacts
+from edgekit.progress import Progress, wait_until
+from edgekit.remote import Result, Transport
 from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, RenderedFile
 
 BACKUP_DIR = "/var/lib/edgekit/backup"
-HEALTH_TIMEOUT_S = 20.0
+# Exit code of the install script when a live file is not what the plan read.
+CHANGED_SINCE_PLAN = 17
 
-Progress = Callable[[str], None]
+
+@dataclass(frozen=True)
+class Timing:
+    """How long a rollout waits for things; tests shorten them."""
+
+    health_s: float = 20.0  # a host to become healthy after its reload
+    verify_s: float = 15.0  # one holder per VIP after the rollout
+    firewall_window_s: float = fw_load.WINDOW_S
+    firewall_reconnect_s: float = fw_load.RECONNECT_S
 
 
 class ApplyError(OperationError):
@@ -43,13 +53,13 @@ def _q(s: str) -> str:
     return shlex.quote(s)
 
 
-def _stage(host: Host, files: list[RenderedFile]) -> str:
+def _stage(host: Transport, files: list[RenderedFile]) -> str:
     """Upload every wanted file (as the SSH user) and copy it into a root-only tree."""
     user_dir = host.check("mktemp -d /tmp/edgekit-upload.XXXXXX", "mktemp").stdout.strip()
     dirs = sorted({f"{user_dir}{f.path.rsplit('/', 1)[0]}" for f in files})
     host.check("mkdir -p " + " ".join(_q(d) for d in dirs), "mkdir staging")
     for f in files:
-        host.put_text(f.content, f"{user_dir}{f.path}", 0o600)
+        host.put(f.content, f"{user_dir}{f.path}", 0o600)
     # A root-owned tree under /run: keepalived's script security accepts nothing else.
     chmods = "\n".join(f"chmod {f.mode:04o} \"$R\"{_q(f.path)}; chown {_q(f.owner)} \"$R\""
                        f"{_q(f.path)}" for f in files)
@@ -65,7 +75,7 @@ echo "$R"
     return host.check(script, "staging", sudo=True).stdout.strip().splitlines()[-1]
 
 
-def validate_staged(host: Host, stage: str, peer: str) -> Result:
+def validate_staged(host: Transport, stage: str, peer: str) -> Result:
     """haproxy -c with the staged environment, keepalived -t over the staged /etc/keepalived."""
     keepalived = (f'mount --bind {_q(stage)}/etc/keepalived /etc/keepalived && '
                   f'exec keepalived -t -f {KEEPALIVED_CONF} -i {_q(peer)}')
@@ -84,8 +94,21 @@ fi
     return host.run(script, sudo=True)
 
 
-def _install_script(stage: str, plan: HostPlan) -> str:
-    lines = ["set -eu", f"B={BACKUP_DIR}", 'rm -rf "$B"', 'mkdir -p "$B"', ': > "$B/ABSENT"']
+def live_hash(content: str | None) -> str:
+    """What the install script expects to find: a file's sha256, or `absent`."""
+    return "absent" if content is None else hashlib.sha256(content.encode()).hexdigest()
+
+
+def _install_script(stage: str, plan: HostPlan, expected: dict[str, str]) -> str:
+    """Refuse (exit CHANGED_SINCE_PLAN, naming the file) if a live file is not what the
+    plan read; else back up, then move every new file into place."""
+    lines = ["set -eu"]
+    for path, digest in sorted(expected.items()):
+        qp = _q(path)
+        lines.append(f'if [ -e {qp} ]; then h=$(sha256sum < {qp} | cut -d" " -f1); '
+                     f'else h=absent; fi; [ "$h" = {_q(digest)} ] || {{ echo "{path} changed '
+                     f'on the host since the plan was made" >&2; exit {CHANGED_SINCE_PLAN}; }}')
+    lines += [f"B={BACKUP_DIR}", 'rm -rf "$B"', 'mkdir -p "$B"', ': > "$B/ABSENT"']
     for path in plan.paths():
         qp = _q(path)
         lines.append(f'if [ -e {qp} ]; then mkdir -p "$B"$(dirname {qp}); cp -a {qp} "$B"{qp}; '
@@ -142,33 +165,35 @@ def health_command(instances: list[str], stats_port: int) -> str:
             f"timeout 2 bash -c '</dev/tcp/127.0.0.1/{stats_port}' && {checks or 'true'}")
 
 
-def wait_healthy(host: Host, instances: list[str], stats_port: int,
-                 timeout: float = HEALTH_TIMEOUT_S) -> str | None:
+def wait_healthy(host: Transport, instances: list[str], stats_port: int,
+                 timeout: float) -> str | None:
     """None when healthy, else the reason it was not, after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
     command = health_command(instances, stats_port)
-    while True:
-        if host.run(command, sudo=True, timeout=15).ok:
-            return None
-        if time.monotonic() > deadline:
-            why = host.run(
-                "for u in haproxy keepalived; do printf '%s=%s ' $u $(systemctl is-active $u);"
-                " done; cat /run/edgekit/*.state 2>/dev/null | tr '\\n' ' '", sudo=True)
-            return f"not healthy after {timeout:.0f}s ({why.stdout.strip()})"
-        time.sleep(0.3)
+    if wait_until(lambda: host.run(command, sudo=True, timeout=15).ok, timeout, 0.3):
+        return None
+    why = host.run(
+        "for u in haproxy keepalived; do printf '%s=%s ' $u $(systemctl is-active $u);"
+        " done; cat /run/edgekit/*.state 2>/dev/null | tr '\\n' ' '", sudo=True)
+    return f"not healthy after {timeout:.0f}s ({why.stdout.strip()})"
 
 
-def install_packages(host: Host, packages: list[str], progress: Progress) -> None:
+def install_packages(host: Transport, packages: list[str], progress: Progress) -> None:
     progress(f"{host.name}: installing {' '.join(packages)}")
     host.check("DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
                + " ".join(_q(p) for p in packages), "apt-get install", sudo=True, timeout=600)
 
 
-def apply_host(host: Host, peer: str, plan: HostPlan, files: list[RenderedFile],
-               units: dict[str, tuple[str, str]], instances: list[str], stats_port: int,
-               progress: Progress, *, firewall_load: bool = False) -> ApplyResult:
-    """Apply the plan. `firewall_load`: (re)load the firewall although its files did not
-    change (the loaded table differs from them, or its unit is not running)."""
+def apply_host(host: Transport, peer: str, plan: HostPlan, files: list[RenderedFile],
+               facts: HostFacts, instances: list[str], stats_port: int,
+               progress: Progress, *, firewall_load: bool = False,
+               timing: Timing | None = None) -> ApplyResult:
+    """Apply the plan made from `facts`. `firewall_load`: (re)load the firewall although
+    its files did not change (the loaded table differs from them, or its unit is not
+    running)."""
+    timing = timing or Timing()
+    units = dict(facts.units)
+    expected = {f.path: live_hash(facts.files[f.path].content if f.path in facts.files
+                                  else None) for f in files}
     if plan.missing_packages:
         install_packages(host, plan.missing_packages, progress)
         units = {u: ("inactive", "enabled") for u in units}  # re-read below when it matters
@@ -189,18 +214,25 @@ def apply_host(host: Host, peer: str, plan: HostPlan, files: list[RenderedFile],
         progress(f"{host.name}: validated ({checked}); installing "
                  f"{len(plan.changes)} file(s)")
         try:
-            host.check(_install_script(stage, plan), "install files", sudo=True)
+            installed = host.run(_install_script(stage, plan, expected), sudo=True)
+            if installed.exit_code == CHANGED_SINCE_PLAN:
+                raise ApplyError(host.name, f"refused: {installed.last_line()}; run deploy "
+                                 "again to see the new diff", rolled_back=False)
+            if not installed.ok:
+                _rollback(host, plan, progress)
+                raise ApplyError(host.name, f"installing files failed: "
+                                 f"{installed.last_line()}", rolled_back=True)
             reason = None
             if load_fw:
                 # First, before haproxy or keepalived see a new file: if the firewall cuts
                 # this machine off, the host's own rollback restores every file, and
                 # nothing else has taken effect yet.
-                reason = _load_firewall(host, actions, progress)
+                reason = _load_firewall(host, actions, progress, timing)
                 actions = [c for c in actions if c != "systemctl daemon-reload"]
             if reason is None:
                 reason = _run_actions(host, actions, progress)
             if reason is None:
-                reason = wait_healthy(host, instances, stats_port)
+                reason = wait_healthy(host, instances, stats_port, timing.health_s)
         except KeyboardInterrupt:
             # Never leave a host half-applied: Ctrl-C puts its previous files back.
             progress(f"{host.name}: interrupted; restoring its previous files")
@@ -217,7 +249,7 @@ def apply_host(host: Host, peer: str, plan: HostPlan, files: list[RenderedFile],
     return ApplyResult(host.name, plan.paths(), actions)
 
 
-def _run_actions(host: Host, actions: list[str], progress: Progress) -> str | None:
+def _run_actions(host: Transport, actions: list[str], progress: Progress) -> str | None:
     for cmd in actions:
         progress(f"{host.name}: {cmd}")
         result = host.run(cmd, sudo=True, timeout=60)
@@ -226,14 +258,17 @@ def _run_actions(host: Host, actions: list[str], progress: Progress) -> str | No
     return None
 
 
-def _load_firewall(host: Host, actions: list[str], progress: Progress) -> str | None:
+def _load_firewall(host: Transport, actions: list[str], progress: Progress,
+                   timing: Timing) -> str | None:
     """Load the installed ruleset commit-confirmed; the reason it failed, else None.
     ApplyError when the host had to restore itself (deploy must not touch it again)."""
     if "systemctl daemon-reload" in actions:  # the unit file may be new or changed
         result = host.run("systemctl daemon-reload", sudo=True, timeout=60)
         if not result.ok:
             return f"`systemctl daemon-reload` failed: {result.last_line()}"
-    outcome = fw_load.load_confirmed(host, _restore_script(), progress)
+    outcome = fw_load.load_confirmed(host, _restore_script(), progress,
+                                     window=timing.firewall_window_s,
+                                     reconnect=timing.firewall_reconnect_s)
     if outcome.host_restored:
         raise ApplyError(host.name, outcome.reason, rolled_back=True, tail="")
     if not outcome.ok:
@@ -244,7 +279,7 @@ def _load_firewall(host: Host, actions: list[str], progress: Progress) -> str | 
     return None
 
 
-def _rollback(host: Host, plan: HostPlan, progress: Progress,
+def _rollback(host: Transport, plan: HostPlan, progress: Progress,
               firewall_loaded: bool = False) -> None:
     progress(f"{host.name}: rolling back to the previous files")
     host.run(_restore_script(), sudo=True)

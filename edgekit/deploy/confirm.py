@@ -18,17 +18,15 @@ import dataclasses
 import os
 import shlex
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgekit import firewall
 from edgekit.errors import EdgekitError
-from edgekit.facts import FIREWALL_STATE_DIR, ROLLED_BACK_MARKER, FirewallFacts
+from edgekit.facts import FIREWALL_STATE_DIR, ROLLED_BACK_MARKER, FirewallFacts, TableState
 from edgekit.inventory.model import Inventory
-from edgekit.remote import Host, HostError, SshTarget
+from edgekit.progress import Progress, wait_until
+from edgekit.remote import HostError, Transport
 from edgekit.render import RenderedFile
-
-Progress = Callable[[str], None]
 
 ROLLBACK_UNIT = "edgekit-fw-rollback"
 PREVIOUS = f"{FIREWALL_STATE_DIR}/firewall.prev.nft"
@@ -48,7 +46,7 @@ class LoadOutcome:
     host_restored: bool = False  # the host's own timer put the previous state back
 
 
-def admin_source(inv: Inventory, host: Host) -> str:
+def admin_source(inv: Inventory, host: Transport) -> str:
     """The address this machine's SSH comes from, as the host sees it; HostError when the
     firewall would not admit it (so nothing is changed anywhere)."""
     result = host.run('echo "${SSH_CONNECTION:-}"', timeout=30)
@@ -69,9 +67,9 @@ def wants_load(fw: FirewallFacts, expected_hash: str) -> bool:
     """The ruleset file may be unchanged while the loaded table is not what it loads."""
     if fw.unit_active != "active" or fw.unit_enabled != "enabled":
         return True
-    if fw.table == "match":
+    if fw.table is TableState.MATCH:
         return False
-    if fw.table == "loaded":  # not compared rule by rule on this host: trust the hash
+    if fw.table is TableState.LOADED:  # not compared rule by rule on this host: trust the hash
         return fw.comment_hash != expected_hash
     return True
 
@@ -178,29 +176,25 @@ def removal_command() -> str:
             "systemctl daemon-reload")
 
 
-def _fresh(host: Host, timeout: float) -> Host:
-    return Host(SshTarget(**{**host.target.__dict__,
-                             "connect_timeout": min(host.target.connect_timeout, timeout)}))
+def _reconnect(host: Transport, timeout: float, command: str) -> str | None:
+    """Run `command` (sudo) over a NEW connection, retrying for `timeout` seconds; its
+    stdout, or None when no new connection got through."""
+    deadline = time.monotonic() + timeout
 
-
-def _reconnect(host: Host, deadline: float, command: str) -> str | None:
-    """Run `command` (sudo) over a NEW connection, retrying until `deadline`; its stdout,
-    or None when no new connection got through."""
-    while time.monotonic() < deadline:
-        attempt = _fresh(host, max(1.0, min(5.0, deadline - time.monotonic())))
+    def attempt() -> str | None:
+        fresh = host.reopen(max(1.0, min(5.0, deadline - time.monotonic())))
         try:
-            result = attempt.run(command, sudo=True, timeout=30)
-            if result.ok:
-                return result.stdout.strip()
+            result = fresh.run(command, sudo=True, timeout=30)
+            return result.stdout.strip() if result.ok else None
         except EdgekitError:
-            pass
+            return None
         finally:
-            attempt.close()
-        time.sleep(0.5)
-    return None
+            fresh.close()
+
+    return wait_until(attempt, timeout, interval=0.5)
 
 
-def load_confirmed(host: Host, restore_files: str, progress: Progress,
+def load_confirmed(host: Transport, restore_files: str, progress: Progress,
                    window: float = WINDOW_S, reconnect: float = RECONNECT_S) -> LoadOutcome:
     """Arm the rollback timer, load the installed ruleset, confirm over a new connection."""
     armed = host.check(arm_script(restore_files, window), "arming the firewall rollback",
@@ -217,7 +211,7 @@ def load_confirmed(host: Host, restore_files: str, progress: Progress,
             return LoadOutcome(False, f"loading the firewall failed: {loaded.last_line()}")
     except HostError:
         host.close()  # the old connection is cut too; only a new one can tell
-    answer = _reconnect(host, started + reconnect, cancel_script())
+    answer = _reconnect(host, started + reconnect - time.monotonic(), cancel_script())
     if answer == "cancelled":
         progress(f"{host.name}: firewall confirmed over a new SSH connection")
         return LoadOutcome(True)
@@ -228,8 +222,9 @@ def load_confirmed(host: Host, restore_files: str, progress: Progress,
     host.close()
     progress(f"{host.name}: no new SSH connection within {reconnect:.0f}s; waiting for the "
              "host to restore its previous firewall by itself")
-    time.sleep(max(0.0, started + window + 2 - time.monotonic()))
-    seen = _reconnect(host, time.monotonic() + 20,
+    # The host's timer fires at `window`; give it a moment more (less in a short test).
+    time.sleep(max(0.0, started + window + min(2.0, window) - time.monotonic()))
+    seen = _reconnect(host, min(20.0, window),
                       f"cat {ROLLED_BACK_MARKER} 2>/dev/null || echo none")
     what = (f"the new firewall cut this machine's SSH (no new connection within "
             f"{reconnect:.0f}s)")

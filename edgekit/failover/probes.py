@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edgekit.failover.measure import Probe, Sample
-from edgekit.remote import Host, stream_lines
+from edgekit.remote import Transport
 
 
 @dataclass(frozen=True)
@@ -84,17 +85,17 @@ class OwnershipWatcher:
     """Streams VIP ownership from every peer (>= 5 samples a second each), stamped by the
     peer itself so samples delayed by a cut link still land at the right time."""
 
-    def __init__(self, hosts: dict[str, Host], vip: str) -> None:
+    def __init__(self, hosts: Mapping[str, Transport], vip: str) -> None:
         self.samples: list[Sample] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=stream_lines, daemon=True,
-                             args=(host, _WATCH.format(ip=vip.replace(".", "\\.")),
+            threading.Thread(target=host.stream, daemon=True,
+                             args=(_WATCH.format(ip=vip.replace(".", "\\.")),
                                    self._collector(name), self._stop))
             for name, host in hosts.items()]
 
-    def _collector(self, peer: str):  # type: ignore[no-untyped-def]
+    def _collector(self, peer: str) -> Callable[[str], None]:
         def collect(line: str) -> None:
             parts = line.split()
             if len(parts) == 2:

@@ -35,7 +35,8 @@ def timeline_svg(r: ScenarioResult, peers: list[str]) -> str:
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{height}' "
            "font-family='sans-serif' font-size='12'>",
            "<rect width='100%' height='100%' fill='white'/>",
-           f"<text x='10' y='18' font-size='14'>{escape(r.name)}: outage {r.outage_s:.2f} s, "
+           f"<text x='10' y='18' font-size='14'>{escape(r.name)} ({escape(r.description)})"
+           f": outage {r.outage_s:.2f} s, "
            f"VIP moved in {r.vip_move_s} s, {r.failed_probes}/{r.total_probes} probes failed"
            f" - {'PASS' if r.passed else 'FAIL'}</text>"]
     for i, lane in enumerate(lanes):

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from edgekit.errors import EdgekitError, OperationError
 from edgekit.failover import measure
 from edgekit.failover.probes import OwnershipWatcher, Prober, Target
-from edgekit.failover.scenarios import SCENARIOS, PowerDriver, inject, restore
-from edgekit.hosts import close_all, peer_hosts
+from edgekit.failover.scenarios import Fault, Scenario
 from edgekit.inventory import Loaded
+from edgekit.lab.base import FaultDriver
+from edgekit.progress import Progress, wait_until
+from edgekit.remote import Transport
 from edgekit.status import ClusterStatus, cluster_status
-
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -31,6 +31,7 @@ class ScenarioResult:
     recovered: bool = False
     passed: bool = False
     budget_s: float = 0.0
+    description: str = ""  # from the scenario registry
     error: str = ""
     # For the report's timeline; left out of the JSON summary.
     fault_t: float = 0.0
@@ -68,25 +69,22 @@ def _ready(st: ClusterStatus, allow_drift: bool) -> list[str]:
     return [p for p in st.problems if not (allow_drift and p.startswith("drift on "))]
 
 
-def wait_healthy(loaded: Loaded, hosts: dict, timeout: float,  # type: ignore[type-arg]
+def wait_healthy(loaded: Loaded, hosts: Mapping[str, Transport], timeout: float,
                  allow_drift: bool) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         try:
-            if not _ready(cluster_status(loaded, hosts), allow_drift):
-                return True
+            return not _ready(cluster_status(loaded, hosts), allow_drift)
         except EdgekitError:
-            pass
-        time.sleep(1.0)
-    return False
+            return False
+
+    return bool(wait_until(healthy, timeout, interval=1.0))
 
 
-def run_scenario(loaded: Loaded, name: str, power: PowerDriver | None, opts: Options,
-                 progress: Progress) -> ScenarioResult:
+def run_scenario(loaded: Loaded, hosts: Mapping[str, Transport], scenario: Scenario,
+                 driver: FaultDriver, opts: Options, progress: Progress) -> ScenarioResult:
     inv = loaded.inventory
-    scenario = SCENARIOS[name]
-    result = ScenarioResult(name, budget_s=scenario.budget_s)
-    hosts = peer_hosts(loaded)
+    name = scenario.name
+    result = ScenarioResult(name, budget_s=scenario.budget_s, description=scenario.description)
     vip = inv.vips[0]
     vip_ip = str(vip.address.ip)
     try:
@@ -95,7 +93,7 @@ def run_scenario(loaded: Loaded, name: str, power: PowerDriver | None, opts: Opt
         if problems:
             raise OperationError(f"{name}: the cluster is not healthy, refusing to inject a "
                                  f"fault: {'; '.join(problems)}")
-        watcher = OwnershipWatcher(peer_hosts(loaded), vip_ip).start()
+        watcher = OwnershipWatcher(hosts, vip_ip).start()
         prober = Prober(probe_targets(loaded)).start()
         try:
             _wait_for_samples(watcher, [p.name for p in inv.peers])
@@ -103,20 +101,21 @@ def run_scenario(loaded: Loaded, name: str, power: PowerDriver | None, opts: Opt
             peer = next(p for p in inv.peers if p.name == result.holder)
             iface = peer.interface or vip.interface or inv.vrrp.interface
             holder_host = hosts[result.holder]
+            fault = Fault(holder_host, iface, opts.hold_s, driver)
             progress(f"{name}: {scenario.description} ({result.holder})")
             result.fault_t = time.time()
             try:
-                inject(name, holder_host, iface, opts.hold_s, power)
+                scenario.inject(fault)
                 _wait_move(watcher, result.holder, [p.name for p in inv.peers], opts.hold_s,
                            opts.move_wait_s)
-                if name == "link-down":
-                    # The host brings its link back itself; give it that time.
+                if scenario.self_restoring:
+                    # The fault undoes itself; give it that time.
                     time.sleep(max(0.0, result.fault_t + opts.hold_s + 0.5 - time.time()))
             finally:
                 result.restore_t = time.time()
                 holder_host.close()  # its connection may have died with the fault
                 try:
-                    restore(name, holder_host, iface, power)
+                    scenario.restore(fault)
                 except EdgekitError as exc:
                     result.error = f"restore failed: {exc}"
             progress(f"{name}: restored; waiting for the cluster to be healthy")
@@ -129,17 +128,17 @@ def run_scenario(loaded: Loaded, name: str, power: PowerDriver | None, opts: Opt
         score(result, [p.name for p in inv.peers])
         return result
     finally:
-        close_all(hosts)
+        for host in hosts.values():
+            host.close()
 
 
 def _wait_for_samples(watcher: OwnershipWatcher, peers: list[str],
                       timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = {s.peer for s in watcher.samples[-50:]}
-        if seen >= set(peers):
-            return
-        time.sleep(0.1)
+    def every_peer_seen() -> bool:
+        return {s.peer for s in watcher.samples[-50:]} >= set(peers)
+
+    if wait_until(every_peer_seen, timeout, interval=0.1):
+        return
     raise OperationError("no VIP ownership samples from every peer within "
                          f"{timeout:.0f}s (SSH to the peers?)")
 
@@ -194,12 +193,12 @@ def score(r: ScenarioResult, peers: list[str]) -> None:
                 and not r.lasting_split_brain and not r.error)
 
 
-def run(loaded: Loaded, scenarios: list[str], power: PowerDriver | None,
-        opts: Options, progress: Progress) -> list[ScenarioResult]:
+def run(loaded: Loaded, hosts: Mapping[str, Transport], scenarios: list[Scenario],
+        driver: FaultDriver, opts: Options, progress: Progress) -> list[ScenarioResult]:
     results = []
-    for name in scenarios:
-        results.append(run_scenario(loaded, name, power, opts, progress))
+    for scenario in scenarios:
+        results.append(run_scenario(loaded, hosts, scenario, driver, opts, progress))
         r = results[-1]
-        progress(f"{name}: {'PASS' if r.passed else 'FAIL'} outage {r.outage_s:.2f}s "
+        progress(f"{r.name}: {'PASS' if r.passed else 'FAIL'} outage {r.outage_s:.2f}s "
                  f"(budget {r.budget_s}s), VIP moved in {r.vip_move_s}s")
     return results

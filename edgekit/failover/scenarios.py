@@ -1,72 +1,129 @@
-"""The faults failover-test injects into the VIP holder, and how each is undone."""
+"""The faults failover-test injects into the VIP holder: one registry, one object each.
+
+A scenario says what it is (name, description), what passes (its outage budget), what it
+needs, and how to inject and undo its fault. Everything else reads SCENARIOS: the CLI's
+--scenario help and checks, --json, the report and bench/failover. Adding a scenario is
+one `register(Scenario(...))` call in this file.
+"""
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from edgekit.remote import Host
+from edgekit.lab.base import Capability, FaultDriver
+from edgekit.remote import Transport
 
 
-class PowerDriver(Protocol):
-    """Cuts and restores a whole host (lab containers, Vagrant VMs, real power)."""
+@dataclass(frozen=True)
+class Fault:
+    """What inject and restore act on."""
 
-    def host_down(self, peer: str) -> None: ...
-
-    def host_up(self, peer: str) -> None: ...
+    host: Transport  # the VIP holder
+    interface: str  # its VRRP interface
+    hold_s: float  # how long the fault lasts
+    driver: FaultDriver  # out-of-band control of the hosts (power, link)
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    budget_s: float  # the longest client-visible outage that still passes
     description: str
+    budget_s: float  # the longest client-visible outage that still passes
+    inject: Callable[[Fault], None]
+    restore: Callable[[Fault], None]  # safe to call twice and after a partial inject
+    needs: frozenset[Capability] = field(default_factory=frozenset)
+    # The fault undoes itself hold_s after inject (the runner waits that long before
+    # restore, which then only makes sure).
+    self_restoring: bool = False
+    # Runs only when asked for by name, or when its needs are met without an opt-in.
+    default: bool = True
+
+    def runnable(self, driver: FaultDriver) -> bool:
+        return self.needs <= driver.capabilities()
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "description": self.description,
+                "budget_s": self.budget_s, "needs": sorted(self.needs)}
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("graceful", 0.3, "stop keepalived cleanly on the VIP holder"),
-    Scenario("haproxy-down", 1.0, "stop haproxy on the VIP holder (it does not come back)"),
-    Scenario("keepalived-crash", 1.0, "SIGKILL keepalived on the VIP holder"),
-    Scenario("link-down", 1.0, "take the holder's VRRP interface down; the host brings it "
-             "back itself"),
-    Scenario("host-down", 1.0, "the holder stops as in a power loss"),
-)}
+SCENARIOS: dict[str, Scenario] = {}
 
 
-def inject(scenario: str, host: Host, interface: str, hold_s: float,
-           power: PowerDriver | None) -> None:
-    if scenario == "graceful":
-        host.check("systemctl stop keepalived", "stopping keepalived", sudo=True)
-    elif scenario == "haproxy-down":
-        host.check("systemctl stop haproxy", "stopping haproxy", sudo=True)
-    elif scenario == "keepalived-crash":
-        host.check("systemctl kill -s KILL keepalived", "killing keepalived", sudo=True)
-    elif scenario == "link-down":
-        # Detached on the host: the SSH session that started it may be cut meanwhile.
-        iface = shlex.quote(interface)
-        cmd = (f"ip link set {iface} down; sleep {hold_s:g}; ip link set {iface} up")
-        host.check(f"setsid sh -c {shlex.quote(cmd)} >/dev/null 2>&1 </dev/null &",
-                   "taking the link down", sudo=True, timeout=10)
-    elif scenario == "host-down":
-        if power is None:
-            raise ValueError("host-down needs a power driver")
-        power.host_down(host.name)
-    else:
-        raise ValueError(f"unknown scenario {scenario}")
+def register(scenario: Scenario) -> Scenario:
+    if scenario.name in SCENARIOS:
+        raise ValueError(f"scenario {scenario.name} is registered twice")
+    SCENARIOS[scenario.name] = scenario
+    return scenario
 
 
-def restore(scenario: str, host: Host, interface: str, power: PowerDriver | None) -> None:
-    """Undo the fault; safe to call twice and after a partial inject."""
-    if scenario == "host-down":
-        if power is not None:
-            power.host_up(host.name)
-        return
-    commands = {
-        "graceful": "systemctl start keepalived",
-        "haproxy-down": "systemctl start haproxy",
-        # systemd restarts a killed keepalived (edgekit's drop-in); make sure of it.
-        "keepalived-crash": "systemctl is-active -q keepalived || systemctl start keepalived",
-        "link-down": f"ip link set {shlex.quote(interface)} up",
-    }
-    host.check(commands[scenario], f"restoring after {scenario}", sudo=True, timeout=60)
+def _sudo(command: str, what: str) -> Callable[[Fault], None]:
+    def act(fault: Fault) -> None:
+        fault.host.check(command, what, sudo=True, timeout=60)
+    return act
+
+
+def _link_down_inside(fault: Fault) -> None:
+    # Detached on the host: the SSH session that started it may be cut meanwhile.
+    iface = shlex.quote(fault.interface)
+    cmd = f"ip link set {iface} down; sleep {fault.hold_s:g}; ip link set {iface} up"
+    fault.host.check(f"setsid sh -c {shlex.quote(cmd)} >/dev/null 2>&1 </dev/null &",
+                     "taking the link down", sudo=True, timeout=10)
+
+
+def _link_up_inside(fault: Fault) -> None:
+    fault.host.check(f"ip link set {shlex.quote(fault.interface)} up",
+                     "restoring after link-down", sudo=True, timeout=60)
+
+
+register(Scenario(
+    "graceful", "stop keepalived cleanly on the VIP holder", 0.3,
+    _sudo("systemctl stop keepalived", "stopping keepalived"),
+    _sudo("systemctl start keepalived", "restoring after graceful")))
+register(Scenario(
+    "haproxy-down", "stop haproxy on the VIP holder (it does not come back)", 1.0,
+    _sudo("systemctl stop haproxy", "stopping haproxy"),
+    _sudo("systemctl start haproxy", "restoring after haproxy-down")))
+register(Scenario(
+    "keepalived-crash", "SIGKILL keepalived on the VIP holder", 1.0,
+    _sudo("systemctl kill -s KILL keepalived", "killing keepalived"),
+    # systemd restarts a killed keepalived (edgekit's drop-in); make sure of it.
+    _sudo("systemctl is-active -q keepalived || systemctl start keepalived",
+          "restoring after keepalived-crash")))
+register(Scenario(
+    "link-down", "take the holder's VRRP interface down; the host brings it back itself",
+    1.0, _link_down_inside, _link_up_inside, self_restoring=True))
+register(Scenario(
+    "host-down", "the holder stops as in a power loss", 1.0,
+    lambda f: f.driver.power_off(f.host.name), lambda f: f.driver.power_on(f.host.name),
+    needs=frozenset({Capability.POWER})))
+register(Scenario(
+    "cable-cut", "cut the holder's link from the switch side (the host still sees its "
+    "link up)", 1.0,
+    lambda f: f.driver.link_down(f.host.name), lambda f: f.driver.link_up(f.host.name),
+    needs=frozenset({Capability.LINK}), default=False))
+
+
+def select(names: list[str] | None, driver: FaultDriver) -> tuple[list[Scenario], list[str]]:
+    """The scenarios to run and, for the defaults, a note for each left out. Asked-for
+    names that are unknown or cannot run here raise ValueError with the reason."""
+    if names:
+        chosen = []
+        for name in names:
+            if name not in SCENARIOS:
+                raise ValueError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+            scenario = SCENARIOS[name]
+            if not scenario.runnable(driver):
+                raise ValueError(f"{name} needs {', '.join(sorted(scenario.needs))} control "
+                                 "of the hosts, which nothing here provides")
+            chosen.append(scenario)
+        return chosen, []
+    run = [s for s in SCENARIOS.values() if s.default and s.runnable(driver)]
+    left = [f"{s.name} skipped: needs {', '.join(sorted(s.needs))} control of the hosts"
+            for s in SCENARIOS.values() if s.default and not s.runnable(driver)]
+    return run, left
+
+
+def help_text() -> str:
+    return ", ".join(SCENARIOS) + " (repeatable; default: every one that can run here)"

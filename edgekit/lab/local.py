@@ -12,16 +12,19 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
 from edgekit.errors import InputError, OperationError, PrerequisiteError
+from edgekit.hostfs import locked, mounts_under
 from edgekit.image import build_image
 from edgekit.lab import backends, containers, keys, network, state
-from edgekit.lab.base import HostStatus, Role
+from edgekit.lab.base import Capability, HostStatus, Role, marker_line
 from edgekit.lab.plan import (
     BRIDGE,
     CGROUP_DIR,
@@ -38,7 +41,6 @@ from edgekit.lab.system import (
     Proc,
     cgroup_roots,
     kill_cgroup,
-    mounts_under,
     reap,
     remove_cgroup_tree,
     run,
@@ -53,6 +55,7 @@ __all__ = [
 ]  # fmt: skip
 
 Progress = Callable[[str], None]
+PROVIDER = "local"
 BOOT_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 PROGRAMS = {  # program -> Debian package that provides it
@@ -106,11 +109,11 @@ def up(
     started = time.monotonic()
     image = build_image(progress=progress)
     directory = state_dir()
-    with state.locked(directory):
+    with locked(directory):
         _down_locked(directory, _silent)
         routes = network.machine_routes()
         chosen = check_subnet(subnet, routes) if subnet else choose_subnet(routes)
-        lab = plan_lab(directory, chosen, peers, backends)
+        lab = replace(plan_lab(directory, chosen, peers, backends), lab_id=uuid.uuid4().hex)
         # Recorded before anything exists, so a failed or interrupted up can be undone.
         state.save(lab, image.rootfs, {})
         try:
@@ -162,7 +165,8 @@ def _write_keys(lab: LabInfo) -> tuple[str, dict[str, Path]]:
 
 
 def _write_inventory(lab: LabInfo) -> None:
-    text = "# Written by `edgekit lab up` for the local lab; removed by `lab down`.\n"
+    text = marker_line(PROVIDER, lab.lab_id)
+    text += "# Written by `edgekit lab up` for the local lab; removed by `lab down`.\n"
     text += yaml.safe_dump(inventory_dict(lab), sort_keys=False)
     lab.inventory.write_text(text)
     # Under sudo, a later `edgekit deploy` as the invoking user must read these.
@@ -221,7 +225,7 @@ def down(progress: Progress = _silent) -> None:
     check_prerequisites(("ip",))
     directory = state_dir()
     started = time.monotonic()
-    with state.locked(directory):
+    with locked(directory):
         removed = _down_locked(directory, progress)
     if removed:
         progress(f"lab down in {time.monotonic() - started:.1f} s")
@@ -382,7 +386,7 @@ def kill_host(name: str) -> None:
     """Power loss: SIGKILL every process of the host and take its link down at once."""
     check_prerequisites(("ip",))
     directory = state_dir()
-    with state.locked(directory):
+    with locked(directory):
         lab, rootfs, procs = _load_or_fail(directory)
         host = lab.host(name)
         # Both in flight together: without the link going down, the dead
@@ -401,7 +405,7 @@ def start_host(name: str, progress: Progress = _silent) -> None:
     """Boot a killed or stopped host again with its link up; returns once it answers."""
     check_prerequisites(("ip", "systemd-nspawn", "nsenter"))
     directory = state_dir()
-    with state.locked(directory):
+    with locked(directory):
         lab, rootfs, procs = _load_or_fail(directory)
         host = lab.host(name)
         current = procs.get(host.name)
@@ -424,3 +428,52 @@ def _load_or_fail(directory: Path) -> tuple[LabInfo, Path, dict[str, Proc]]:
     if saved is None:
         raise OperationError("no local lab is running", hint="sudo edgekit lab up")
     return saved
+
+
+def link(name: str, *, up: bool) -> None:
+    """Cut or restore a host's link on the lab bridge (its veth), as a switch port would."""
+    check_prerequisites(("ip",))
+    network.set_link(info().host(name), up=up)
+
+
+class LocalLab:
+    """The local lab (systemd-nspawn proxies, backend namespaces) as a LabProvider."""
+
+    name = PROVIDER
+
+    def __init__(self, progress: Progress = _silent) -> None:
+        self.progress = progress
+
+    def up(self, *, peers: int, backends: int, subnet: str | None) -> Path:
+        return up(peers=peers, backends=backends, subnet=subnet, progress=self.progress).inventory
+
+    def down(self) -> None:
+        down(progress=self.progress)
+
+    def status(self) -> list[HostStatus]:
+        return status()
+
+    def inventory(self) -> Path:
+        return info().inventory
+
+    def lab_id(self) -> str | None:
+        saved = state.load()
+        return saved[0].lab_id or None if saved else None
+
+    def ssh_argv(self, host: str, command: list[str]) -> list[str]:
+        return ssh_argv(host, command)
+
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.POWER, Capability.LINK})
+
+    def power_off(self, host: str) -> None:
+        kill_host(host)
+
+    def power_on(self, host: str) -> None:
+        start_host(host, self.progress)
+
+    def link_down(self, host: str) -> None:
+        link(host, up=False)
+
+    def link_up(self, host: str) -> None:
+        link(host, up=True)

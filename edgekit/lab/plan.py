@@ -66,6 +66,7 @@ class LabInfo:
     known_hosts: Path = field(default=Path())
     stats_password_file: Path = field(default=Path())
     stats_port: int = 8404
+    lab_id: str = ""  # written into the inventory's marker line (edgekit.lab.base)
 
     @property
     def hosts(self) -> list[LabHost]:

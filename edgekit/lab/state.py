@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from edgekit.lab.plan import LabInfo
@@ -18,18 +15,6 @@ STATE_FILE = "lab.json"
 
 def state_dir() -> Path:
     return Path(os.environ.get("EDGEKIT_LAB_DIR") or DEFAULT_STATE_DIR).absolute()
-
-
-@contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    """One lab operation at a time (up, down, kill, start) on this machine."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def save(lab: LabInfo, image_rootfs: Path, procs: dict[str, Proc]) -> None:

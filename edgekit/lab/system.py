@@ -195,11 +195,3 @@ def container_init(directory: Path) -> int | None:
     return None
 
 
-def mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve())
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mountpoint = line.split()[4].replace("\\040", " ")
-        if mountpoint == prefix or mountpoint.startswith(prefix + "/"):
-            found.append(mountpoint)
-    return found

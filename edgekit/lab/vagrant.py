@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,10 @@ from typing import Any
 import yaml
 
 from edgekit.errors import InputError, OperationError, PrerequisiteError
-from edgekit.lab.base import HostStatus, Role
+from edgekit.lab.base import Capability, HostStatus, Role, inventory_ssh_argv, marker_line
+from edgekit.remote.ssh import ssh_config_hosts
 
+PROVIDER = "vagrant"
 DEFAULT_SUBNET = "192.168.56"
 MAX_PROXIES = 9  # proxies sit at .11-.19, below the nodes at .21-.23
 NODES = ("node1", "node2", "node3")
@@ -64,53 +67,27 @@ class MachineState:
         return self.state == "running"
 
 
-_SSH_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+)(.*?)\s*$")
-
-
-def _unquote(value: str) -> str:
-    # vagrant quotes an IdentityFile path that contains a space.
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
 def parse_ssh_config(text: str) -> dict[str, SshHost]:
-    """Parse `vagrant ssh-config` output (one or many Host blocks)."""
-    blocks: list[tuple[str, list[tuple[str, str]]]] = []
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _SSH_LINE.match(line)
-        if not match:
-            continue
-        key, value = match.group(1).lower(), _unquote(match.group(2))
-        if key == "host":
-            blocks.append((value.split()[0], []))
-        elif blocks:
-            blocks[-1][1].append((key, value))
-    return {name: _ssh_host(name, pairs) for name, pairs in blocks}
+    """Parse `vagrant ssh-config` output (one or many Host blocks), with paramiko's
+    ssh_config reader."""
+    return {name: _ssh_host(name, options) for name, options in ssh_config_hosts(text).items()}
 
 
-def _ssh_host(name: str, pairs: list[tuple[str, str]]) -> SshHost:
-    options: dict[str, str] = {}
-    keys: list[str] = []
-    for key, value in pairs:
-        if key == "identityfile":
-            keys.append(value)
-        else:
-            options.setdefault(key, value)  # ssh itself uses the first value
+def _ssh_host(name: str, options: dict[str, Any]) -> SshHost:
+    options = dict(options)
     if "hostname" not in options:
         raise OperationError(f"vagrant ssh-config: Host {name} has no HostName")
-    port = options.pop("port", "22")
+    port = str(options.pop("port", "22"))
     if not port.isdigit():
         raise OperationError(f"vagrant ssh-config: Host {name} has a bad Port {port!r}")
+    keys = options.pop("identityfile", [])
     return SshHost(
         name=name,
         hostname=options.pop("hostname"),
         user=options.pop("user", "vagrant"),
         port=int(port),
         identity_files=tuple(keys),
-        options=options,
+        options={k: v if isinstance(v, str) else " ".join(v) for k, v in options.items()},
     )
 
 
@@ -489,7 +466,10 @@ def up(peers: int = 2) -> Path:
     _write(known_hosts, known_hosts_text(inventory, host_keys))
 
     path = inventory_path()
-    header = "# Written by `edgekit lab up --provider vagrant` from vagrant/edge.yaml.\n"
+    identity = uuid.uuid4().hex
+    _write(directory / "lab-id", identity + "\n")
+    header = marker_line(PROVIDER, identity)
+    header += "# Written by `edgekit lab up --provider vagrant` from vagrant/edge.yaml.\n"
     _write(path, header + yaml.safe_dump(inventory, sort_keys=False))
     return path
 
@@ -516,3 +496,105 @@ def start(host: str) -> None:
     """Boot a halted VM again, without re-running its provisioners."""
     _check_machine(host)
     _vagrant("up", "--no-provision", host, stream=True)
+
+
+# --- the provider ----------------------------------------------------------------
+
+LAB_NETWORK = "edgekit-lab"  # the private network's libvirt name (vagrant/Vagrantfile)
+
+
+def lab_id() -> str | None:
+    try:
+        return (state_dir() / "lab-id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def domain_name(machine: str) -> str:
+    """vagrant-libvirt's domain for a machine: the project directory's name, `_`, the
+    machine (its default_prefix, which the Vagrantfile leaves alone)."""
+    return f"{vagrant_dir().name}_{machine}"
+
+
+def lab_interface(domiflist: str, network: str = LAB_NETWORK) -> str:
+    """The MAC of the domain's NIC on `network`, from `virsh domiflist DOMAIN`."""
+    for line in domiflist.splitlines():
+        words = line.split()
+        # Interface  Type  Source  Model  MAC
+        if len(words) >= 5 and words[1] == "network" and words[2] == network:
+            return words[4]
+    raise OperationError(f"no interface on libvirt network {network} in `virsh domiflist`")
+
+
+def set_link(machine: str, *, up: bool) -> None:
+    """Cut or restore a VM's lab NIC from the host side, like unplugging its cable."""
+    _check_machine(machine)
+    virsh = shutil.which("virsh")
+    if virsh is None:
+        raise PrerequisiteError("link control of Vagrant VMs needs virsh (libvirt-clients)")
+    domain = domain_name(machine)
+    listing = subprocess.run([virsh, "domiflist", domain], capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise OperationError(f"{machine}: virsh domiflist {domain} failed: "
+                             f"{listing.stderr.strip()}")
+    mac = lab_interface(listing.stdout)
+    done = subprocess.run([virsh, "domif-setlink", domain, mac, "up" if up else "down"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise OperationError(f"{machine}: virsh domif-setlink failed: {done.stderr.strip()}")
+
+
+class VagrantLab:
+    """The Vagrant lab (real VMs) as a LabProvider."""
+
+    name = PROVIDER
+
+    def up(self, *, peers: int, backends: int, subnet: str | None) -> Path:
+        if backends != 3 or subnet is not None:
+            raise InputError("the Vagrant lab always has 3 nodes; its subnet is "
+                             "EDGEKIT_VAGRANT_SUBNET", hint="drop --backends/--subnet")
+        return up(peers=peers)
+
+    def down(self) -> None:
+        down()
+
+    def status(self) -> list[HostStatus]:
+        return status()
+
+    def inventory(self) -> Path:
+        path = inventory_path()
+        if not path.is_file():
+            raise OperationError(f"{path} does not exist: no Vagrant lab is running",
+                                 hint="edgekit lab up --provider vagrant")
+        return path
+
+    def lab_id(self) -> str | None:
+        return lab_id()
+
+    def ssh_argv(self, host: str, command: list[str]) -> list[str]:
+        inventory = yaml.safe_load(self.inventory().read_text())
+        if any(p.get("name") == host for p in inventory.get("peers", [])):
+            return inventory_ssh_argv(inventory, host, command)
+        _check_machine(host)  # a node: only vagrant reaches it
+        return ["env", f"VAGRANT_CWD={vagrant_dir()}", "vagrant", "ssh", host,
+                *(["-c", shlex.join(command)] if command else [])]
+
+    def capabilities(self) -> frozenset[Capability]:
+        link = {Capability.LINK} if _provider_name() == "libvirt" else set()
+        return frozenset({Capability.POWER, *link})
+
+    def power_off(self, host: str) -> None:
+        halt_force(host)
+
+    def power_on(self, host: str) -> None:
+        start(host)
+
+    def link_down(self, host: str) -> None:
+        set_link(host, up=False)
+
+    def link_up(self, host: str) -> None:
+        set_link(host, up=True)
+
+
+def _provider_name() -> str:
+    return os.environ.get("VAGRANT_DEFAULT_PROVIDER") or "libvirt"

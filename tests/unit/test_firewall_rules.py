@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from edgekit import firewall, render
-from edgekit.deploy import DeployReport, _firewall_plans, confirm
+from edgekit.deploy import DeployPlan, FirewallAction, _firewall_actions, confirm
 from edgekit.deploy.plan import plan_host
 from edgekit.facts import FirewallFacts, HostFacts, LiveFile, parse_facts, parse_firewall
 from edgekit.inventory import Loaded, load_inventory
@@ -555,15 +555,15 @@ def _live(files: list[Any], fw: FirewallFacts) -> HostFacts:
 
 
 def _plans(loaded: Loaded, fw: FirewallFacts, edit: str | None = None
-           ) -> tuple[dict[str, str], DeployReport]:
+           ) -> tuple[dict[str, FirewallAction], DeployPlan]:
     files = render.render_peer(loaded, "proxy1")
     live = [dataclasses.replace(f, content=f.content + "# edited\n") if f.path == edit else f
             for f in files]
     facts = {"proxy1": _live(live, fw)}
     plans = {"proxy1": plan_host("proxy1", files, facts["proxy1"])}
-    report = DeployReport(plans)
-    report.firewall = _firewall_plans(loaded, plans, facts, lambda _m: None)
-    return report.firewall, report
+    plan = DeployPlan(loaded, {"proxy1": files}, facts, plans,
+                      _firewall_actions(loaded, plans, facts, lambda _m: None))
+    return plan.firewall, plan
 
 
 def test_deploy_leaves_a_matching_firewall_alone(tmp_path: Path) -> None:
@@ -577,8 +577,8 @@ def test_deploy_loads_a_table_that_differs_although_the_file_is_unchanged(tmp_pa
     actions, report = _plans(load(tmp_path, BASE), FirewallFacts("differs", "", "active",
                                                                  "enabled"))
     assert actions == {"proxy1": "load"} and report.pending
-    assert report.plans["proxy1"].start_units == [firewall.UNIT]
-    assert report.plans["proxy1"].changes == []
+    assert report.hosts["proxy1"].start_units == [firewall.UNIT]
+    assert report.hosts["proxy1"].changes == []
 
 
 def test_deploy_loads_a_changed_ruleset(tmp_path: Path) -> None:
@@ -586,7 +586,7 @@ def test_deploy_loads_a_changed_ruleset(tmp_path: Path) -> None:
                                                                  "enabled"),
                              edit=firewall.RULESET)
     assert actions == {"proxy1": "load"}
-    assert report.plans["proxy1"].paths() == [firewall.RULESET]
+    assert report.hosts["proxy1"].paths() == [firewall.RULESET]
 
 
 def test_deploy_removes_the_firewall_when_it_is_switched_off(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def test_ssh_config_accepts_equals_syntax_comments_and_any_keyword_case() -> Non
         "10.0.0.5",
         2022,
         "admin",
-        "~/.ssh/lab",
+        os.path.expanduser("~/.ssh/lab"),  # paramiko expands it, as ssh does
     )
 
 

@@ -1,0 +1,73 @@
+"""Scripted proxy hosts for rollout tests: FakeHosts that answer edgekit's fact script
+like a Debian proxy would, and record every command deploy sends them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from edgekit.inventory import Loaded, load_inventory
+from edgekit.remote.fake import FakeHost
+
+PASSWORD = "Zq8-vLm3pRt7xW"
+ADMIN = "10.10.0.1"  # where this machine's SSH comes from, as the hosts see it
+
+INVENTORY = """\
+cluster: sim
+vrrp: {{interface: eth1}}
+vips:
+  - {{address: 10.10.0.100/24, vrid: 51}}
+peers:
+  - {{name: proxy1, address: 10.10.0.11}}
+  - {{name: proxy2, address: 10.10.0.12}}
+  - {{name: proxy3, address: 10.10.0.13}}
+ssh: {{user: root}}
+backends:
+  nodes:
+    - {{name: node1, address: 10.10.0.21}}
+services:
+  - {{name: http, listen: 80, backend: nodes, port: 30080}}
+stats: {{password_env: EDGEKIT_STATS_PASSWORD}}
+firewall: {{enabled: {firewall}}}
+"""
+
+
+def inventory(tmp_path: Path, *, firewall: bool = False) -> Loaded:
+    path = tmp_path / "edge.yaml"
+    path.write_text(INVENTORY.format(firewall="true" if firewall else "false"))
+    return load_inventory(path)
+
+
+def facts_text(address: str, *, holds_vip: bool, files: dict[str, str | None],
+               state: str = "BACKUP") -> str:
+    addrs = [{"family": "inet", "local": address, "prefixlen": 24}]
+    if holds_vip:
+        addrs.append({"family": "inet", "local": "10.10.0.100", "prefixlen": 24})
+    lines = ["@os", "debian 12", "@packages", "haproxy installed", "keepalived installed",
+             "@addresses", json.dumps([{"ifname": "eth1", "addr_info": addrs}]), "@files"]
+    for path, content in files.items():
+        lines.append(f"{path} -" if content is None else
+                     f"{path} 644 root:root {base64.b64encode(content.encode()).decode()}")
+    lines += ["@units", "haproxy active enabled", "keepalived active enabled",
+              "@haproxy", "4242", "4242 4250", "@vrrp",
+              f"VI_51 {'MASTER' if holds_vip else state}", "@firewall", "@end"]
+    return "\n".join(lines) + "\n"
+
+
+def proxy(name: str, address: str, *, holds_vip: bool = False,
+          files: dict[str, str | None] | None = None) -> FakeHost:
+    """A Debian proxy with haproxy and keepalived running; of edgekit's files it has
+    only `files` (a file the fact script is not told about reads as absent)."""
+    host = FakeHost(name)
+    facts = facts_text(address, holds_vip=holds_vip, files=files or {})
+    host.on(r"echo '@os'", stdout=facts)
+    host.on(r"SSH_CONNECTION", stdout=f"{ADMIN} 50000 {address} 22\n")
+    host.on(r"^mktemp -d /tmp/edgekit-upload", stdout="/tmp/edgekit-upload.sim\n")
+    host.on(r"mktemp -d /run/edgekit-stage", stdout="/run/edgekit-stage.sim\n")
+    return host
+
+
+def cluster(holder: str = "proxy1") -> dict[str, FakeHost]:
+    return {f"proxy{i}": proxy(f"proxy{i}", f"10.10.0.1{i}", holds_vip=f"proxy{i}" == holder)
+            for i in (1, 2, 3)}
