@@ -34,11 +34,16 @@ def collapse(nets: Iterable[Network]) -> list[Network]:
     overlaps), keep adjacent ones apart so the listing reads as written; IPv4 first."""
     out: list[Network] = []
     for version in (4, 6):
-        family = sorted({n for n in nets if n.version == version},
-                        key=lambda n: (n.network_address, n.prefixlen))
+        family = sorted(
+            {n for n in nets if n.version == version},
+            key=lambda n: (n.network_address, n.prefixlen),
+        )
         for net in family:
-            if not any(net.subnet_of(kept) for kept in out  # type: ignore[arg-type]
-                       if kept.version == version):
+            if not any(
+                net.subnet_of(kept)
+                for kept in out  # type: ignore[arg-type]
+                if kept.version == version
+            ):
                 out.append(net)
     return out
 
@@ -94,8 +99,13 @@ def ruleset_context(inv: Inventory) -> dict[str, object]:
     services = []
     for svc in inv.services:
         clients = client_cidrs(svc)
-        services.append({"name": svc.name, "port": svc.listen,
-                         "clients": None if clients is None else [show(n) for n in clients]})
+        services.append(
+            {
+                "name": svc.name,
+                "port": svc.listen,
+                "clients": None if clients is None else [show(n) for n in clients],
+            }
+        )
     return {
         "table": TABLE,
         "peers4": [str(p.address) for p in inv.peers],
@@ -113,10 +123,16 @@ def ruleset_context(inv: Inventory) -> dict[str, object]:
 def fence_context(inv: Inventory) -> dict[str, object]:
     sources = fence_sources(inv)
     ports = fenced_ports(inv)
-    return {"table": FENCE_TABLE, "ports": ports, "sources": [show(n) for n in sources],
-            "sources4": _family(sources, 4), "sources6": _family(sources, 6),
-            "extra": [show(n) for n in collapse(inv.firewall.node_allow_cidrs)],
-            "api_port": API_PORT, "api_fenced": API_PORT in ports}
+    return {
+        "table": FENCE_TABLE,
+        "ports": ports,
+        "sources": [show(n) for n in sources],
+        "sources4": _family(sources, 4),
+        "sources6": _family(sources, 6),
+        "extra": [show(n) for n in collapse(inv.firewall.node_allow_cidrs)],
+        "api_port": API_PORT,
+        "api_fenced": API_PORT in ports,
+    }
 
 
 def parse_ssh_connection(text: str) -> tuple[str, int] | None:
@@ -138,13 +154,20 @@ def admin_refusal(inv: Inventory, client: str, server_port: int) -> str | None:
     ip = ipaddress.ip_address(client)
     nets = admin_cidrs(inv)
     if not any(ip in n for n in nets):
-        where = ("firewall.admin_cidrs" if inv.firewall.admin_cidrs is not None
-                 else "firewall.admin_cidrs (default: the VIPs' subnets)")
-        return (f"this machine reaches it from {client}, which is outside {where} "
-                f"{', '.join(map(str, nets))}: the firewall would lock it out")
+        where = (
+            "firewall.admin_cidrs"
+            if inv.firewall.admin_cidrs is not None
+            else "firewall.admin_cidrs (default: the VIPs' subnets)"
+        )
+        return (
+            f"this machine reaches it from {client}, which is outside {where} "
+            f"{', '.join(map(str, nets))}: the firewall would lock it out"
+        )
     if server_port not in ssh_ports(inv):
-        return (f"SSH arrives on port {server_port}, which the firewall does not open "
-                f"(ssh ports: {', '.join(map(str, ssh_ports(inv)))})")
+        return (
+            f"SSH arrives on port {server_port}, which the firewall does not open "
+            f"(ssh ports: {', '.join(map(str, ssh_ports(inv)))})"
+        )
     return None
 
 

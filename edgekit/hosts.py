@@ -25,11 +25,18 @@ def peer_hosts(loaded: Loaded, *, accept_new: bool = False) -> Hosts:
         return None if p is None else str(base / Path(p).expanduser())
 
     return {
-        p.name: SshTransport(SshTarget(
-            name=p.name, host=p.ssh_host or str(p.address), port=p.ssh_port or inv.ssh.port,
-            user=inv.ssh.user, identity_file=resolve(inv.ssh.identity_file),
-            known_hosts=resolve(inv.ssh.known_hosts), accept_new=accept_new,
-            connect_timeout=inv.ssh.connect_timeout))
+        p.name: SshTransport(
+            SshTarget(
+                name=p.name,
+                host=p.ssh_host or str(p.address),
+                port=p.ssh_port or inv.ssh.port,
+                user=inv.ssh.user,
+                identity_file=resolve(inv.ssh.identity_file),
+                known_hosts=resolve(inv.ssh.known_hosts),
+                accept_new=accept_new,
+                connect_timeout=inv.ssh.connect_timeout,
+            )
+        )
         for p in inv.peers
     }
 

@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import InputError, OperationError, PrerequisiteError
 from edgekit.hostfs import locked, mounts_under
-
-Progress = Callable[[str], None]
+from edgekit.progress import Progress, silent
 
 DEFAULT_RECIPE_NAME = "debian-proxy.yaml"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
@@ -32,10 +30,6 @@ MARKER = "complete.json"
 # Part of the cache key: a change to how the tree is configured (below) must
 # not reuse trees built by an older edgekit.
 BUILDER_VERSION = "1"
-
-
-def _silent(_: str) -> None:
-    pass
 
 
 class AdminUser(BaseModel):
@@ -168,7 +162,7 @@ def check_prerequisites() -> None:
 def build_image(
     recipe: Path | None = None,
     output: Path | None = None,
-    progress: Progress = _silent,
+    progress: Progress = silent,
 ) -> ImageInfo:
     """Build (or reuse) the appliance tree for a recipe and describe it."""
     recipe_path = (recipe or default_recipe()).resolve()
@@ -355,8 +349,6 @@ def remove_tree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
     else:
         path.unlink()
-
-
 
 
 def export_tarball(image: ImageInfo, path: Path) -> Path:

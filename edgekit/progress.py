@@ -16,9 +16,14 @@ def silent(_message: str) -> None:
     """A Progress that says nothing."""
 
 
-def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.5, *,
-               clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> T | None:
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float,
+    interval: float = 0.5,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T | None:
     """Call `condition` until it returns something truthy, and return that; None when
     `timeout` seconds passed first. It is always called at least once, and once more at
     the deadline, so a slow condition is never cut short by the clock alone."""

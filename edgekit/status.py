@@ -20,7 +20,7 @@ from edgekit.render import inventory_hash, render_all
 SHOW_STAT = (
     "python3 -c 'import socket;s=socket.socket(socket.AF_UNIX);"
     's.connect("/run/haproxy/admin.sock");s.sendall(b"show stat\\n");'
-    "import sys;[sys.stdout.write(c.decode()) for c in iter(lambda:s.recv(65536),b\"\")]'"
+    'import sys;[sys.stdout.write(c.decode()) for c in iter(lambda:s.recv(65536),b"")]\''
 )
 
 
@@ -55,8 +55,13 @@ class ClusterStatus:
         return "healthy" if self.healthy else "; ".join(self.problems)
 
     def to_dict(self) -> dict[str, object]:
-        return {"healthy": self.healthy, "verdict": self.verdict, "problems": self.problems,
-                "vip_holders": self.holders, "peers": [asdict(p) for p in self.peers]}
+        return {
+            "healthy": self.healthy,
+            "verdict": self.verdict,
+            "problems": self.problems,
+            "vip_holders": self.holders,
+            "peers": [asdict(p) for p in self.peers],
+        }
 
 
 def parse_show_stat(text: str, backends: set[str]) -> dict[str, dict[str, str]]:
@@ -79,16 +84,17 @@ def peer_status(loaded: Loaded, host: Transport, wanted: dict[str, str]) -> Peer
     st.haproxy_up = facts.units.get("haproxy", ("",))[0] == "active" and bool(facts.haproxy_pids)
     st.keepalived_up = facts.units.get("keepalived", ("",))[0] == "active"
     instances = [f"VI_{v.vrid}" for v in loaded.inventory.vips]
-    st.vrrp = {i: (facts.vrrp_states.get(i, "UNKNOWN") if st.keepalived_up else "STOPPED")
-               for i in instances}
+    st.vrrp = {
+        i: (facts.vrrp_states.get(i, "UNKNOWN") if st.keepalived_up else "STOPPED")
+        for i in instances
+    }
     st.vips = [str(v.address.ip) for v in loaded.inventory.vips if facts.holds(v.address)]
     st.drift = drift(facts, wanted)
     st.firewall = firewall_state(loaded, facts.firewall)
     if st.haproxy_up:
         result = host.run(SHOW_STAT, sudo=True, timeout=15)
         if result.ok:
-            st.servers = parse_show_stat(result.stdout,
-                                         {s.name for s in loaded.inventory.services})
+            st.servers = parse_show_stat(result.stdout, {s.name for s in loaded.inventory.services})
     return st
 
 
@@ -100,8 +106,7 @@ def firewall_state(loaded: Loaded, fw: FirewallFacts) -> str:
     if fw.table is TableState.NO_NFT:
         return "nft missing"
     if fw.table is TableState.UNLOADED:
-        return "not loaded" + (f" (host rolled back at {fw.rolled_back})"
-                               if fw.rolled_back else "")
+        return "not loaded" + (f" (host rolled back at {fw.rolled_back})" if fw.rolled_back else "")
     if fw.table is TableState.DIFFERS:
         return f"differs from {firewall.RULESET}"
     if fw.table is TableState.LOADED and fw.comment_hash != inventory_hash(inv, firewall.SECTIONS):
@@ -115,14 +120,19 @@ def firewall_state(loaded: Loaded, fw: FirewallFacts) -> str:
 
 def drift(facts: HostFacts, wanted: dict[str, str]) -> list[str]:
     """Managed files whose live content differs from the rendered one."""
-    return [path for path, content in wanted.items()
-            if (live := facts.files.get(path)) is None or live.content != content]
+    return [
+        path
+        for path, content in wanted.items()
+        if (live := facts.files.get(path)) is None or live.content != content
+    ]
 
 
 def verdict(loaded: Loaded, peers: list[PeerStatus]) -> tuple[dict[str, list[str]], list[str]]:
     problems: list[str] = []
-    holders = {str(v.address.ip): [p.name for p in peers if str(v.address.ip) in p.vips]
-               for v in loaded.inventory.vips}
+    holders = {
+        str(v.address.ip): [p.name for p in peers if str(v.address.ip) in p.vips]
+        for v in loaded.inventory.vips
+    }
     for vip, names in holders.items():
         if not names:
             problems.append(f"no holder for VIP {vip}")
@@ -148,7 +158,10 @@ def verdict(loaded: Loaded, peers: list[PeerStatus]) -> tuple[dict[str, list[str
 
 def cluster_status(loaded: Loaded, hosts: Mapping[str, Transport]) -> ClusterStatus:
     files = render_all(loaded)
-    peers = list(in_parallel(hosts, lambda h: peer_status(
-        loaded, h, {f.path: f.content for f in files[h.name]})).values())
+    peers = list(
+        in_parallel(
+            hosts, lambda h: peer_status(loaded, h, {f.path: f.content for f in files[h.name]})
+        ).values()
+    )
     holders, problems = verdict(loaded, peers)
     return ClusterStatus(peers, holders, problems)

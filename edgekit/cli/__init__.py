@@ -41,12 +41,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
-    debug: Annotated[bool, typer.Option(
-        "--debug", help="Show a traceback on errors (anywhere on the command line; or "
-        "EDGEKIT_DEBUG=1).")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show a traceback on errors (anywhere on the command line; or EDGEKIT_DEBUG=1).",
+        ),
+    ] = False,
 ) -> None:
     """A highly available haproxy + keepalived edge for bare-metal Kubernetes."""
     # --debug is taken off the command line by main() before parsing, wherever it
@@ -73,8 +80,9 @@ def _params(command: Any) -> Iterator[Any]:
             param.help = live()
         yield param
     # Made now, with the names every context inherits, so that it can be adjusted too.
-    help_option = command.get_help_option(command.context_class(
-        command, help_option_names=HELP_NAMES))
+    help_option = command.get_help_option(
+        command.context_class(command, help_option_names=HELP_NAMES)
+    )
     if help_option is not None:
         yield help_option
     for sub in getattr(command, "commands", {}).values():
@@ -93,8 +101,11 @@ def _command() -> Any:
 
 def _json_error(exc: EdgekitError) -> None:
     details = getattr(exc, "details", None)
-    errors = details() if callable(details) else [
-        {"file": None, "line": None, "path": None, "message": str(exc)}]
+    errors = (
+        details()
+        if callable(details)
+        else [{"file": None, "line": None, "path": None, "message": str(exc)}]
+    )
     typer.echo(json.dumps({"ok": False, "errors": errors}, indent=2, sort_keys=True))
 
 

@@ -16,11 +16,20 @@ if TYPE_CHECKING:
     from edgekit.deploy import DeployPlan, DeployReport
     from edgekit.status import ClusterStatus
 
-Peers = Annotated[str | None, typer.Option(
-    "--peers", help="Replace the inventory's peers: NAME=ADDR,... or ADDR,... (peer1, ...).")]
-AcceptNew = Annotated[bool, typer.Option(
-    "--accept-new-host-keys", help="Trust and record unknown SSH host keys (like ssh's "
-    "accept-new); changed keys are still refused.")]
+Peers = Annotated[
+    str | None,
+    typer.Option(
+        "--peers", help="Replace the inventory's peers: NAME=ADDR,... or ADDR,... (peer1, ...)."
+    ),
+]
+AcceptNew = Annotated[
+    bool,
+    typer.Option(
+        "--accept-new-host-keys",
+        help="Trust and record unknown SSH host keys (like ssh's "
+        "accept-new); changed keys are still refused.",
+    ),
+]
 
 
 def _load(inventory: Path, peers: str | None) -> Loaded:
@@ -31,11 +40,15 @@ def _load(inventory: Path, peers: str | None) -> Loaded:
 def deploy(
     inventory: Inv = Path("edge.yaml"),
     peers: Peers = None,
-    limit: Annotated[str | None, typer.Option(
-        "--limit", help="Only these peers (comma-separated names).")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Show the diff per host and stop; exit 3 when changes are pending."
-    )] = False,
+    limit: Annotated[
+        str | None, typer.Option("--limit", help="Only these peers (comma-separated names).")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Show the diff per host and stop; exit 3 when changes are pending."
+        ),
+    ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     accept_new: AcceptNew = False,
     json_out: Json = False,
@@ -78,11 +91,15 @@ def deploy(
 def _show_plan(plan: DeployPlan) -> None:
     for name, host_plan in plan.hosts.items():
         if host_plan.changed:
-            typer.echo(f"--- {name}: {', '.join(host_plan.paths()) or 'no file changes'}"
-                       + (f"; install {' '.join(host_plan.missing_packages)}"
-                          if host_plan.missing_packages else "")
-                       + (f"; start {' '.join(host_plan.start_units)}"
-                          if host_plan.start_units else ""))
+            typer.echo(
+                f"--- {name}: {', '.join(host_plan.paths()) or 'no file changes'}"
+                + (
+                    f"; install {' '.join(host_plan.missing_packages)}"
+                    if host_plan.missing_packages
+                    else ""
+                )
+                + (f"; start {' '.join(host_plan.start_units)}" if host_plan.start_units else "")
+            )
             typer.echo(host_plan.diff(), nl=False)
         else:
             note(f"{name}: no changes")
@@ -109,8 +126,7 @@ def status(
     inventory: Inv = Path("edge.yaml"),
     peers: Peers = None,
     json_out: Json = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")
-                     ] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False,
 ) -> int:
     """Who holds each VIP, haproxy and keepalived health, servers, drift, split brain."""
     import time
@@ -138,8 +154,10 @@ def status(
 
 
 def _status_table(st: ClusterStatus) -> None:
-    typer.echo(f"{'peer':<14} {'ssh':<5} {'haproxy':<8} {'keepalived':<11} {'vrrp':<22} "
-               f"{'vips':<18} {'servers up':<11} drift")
+    typer.echo(
+        f"{'peer':<14} {'ssh':<5} {'haproxy':<8} {'keepalived':<11} {'vrrp':<22} "
+        f"{'vips':<18} {'servers up':<11} drift"
+    )
     for p in st.peers:
         if not p.reachable:
             typer.echo(f"{p.name:<14} {'DOWN':<5} {p.error}")
@@ -147,10 +165,12 @@ def _status_table(st: ClusterStatus) -> None:
         vrrp = " ".join(f"{i.removeprefix('VI_')}:{s}" for i, s in p.vrrp.items())
         total = sum(len(s) for s in p.servers.values())
         up = sum(1 for s in p.servers.values() for v in s.values() if v == "UP")
-        typer.echo(f"{p.name:<14} {'ok':<5} {'up' if p.haproxy_up else 'DOWN':<8} "
-                   f"{'up' if p.keepalived_up else 'DOWN':<11} {vrrp:<22} "
-                   f"{','.join(p.vips) or '-':<18} {f'{up}/{total}':<11} "
-                   f"{','.join(p.drift) or '-'}")
+        typer.echo(
+            f"{p.name:<14} {'ok':<5} {'up' if p.haproxy_up else 'DOWN':<8} "
+            f"{'up' if p.keepalived_up else 'DOWN':<11} {vrrp:<22} "
+            f"{','.join(p.vips) or '-':<18} {f'{up}/{total}':<11} "
+            f"{','.join(p.drift) or '-'}"
+        )
     typer.echo(f"verdict: {st.verdict}")
 
 
@@ -161,28 +181,46 @@ def _scenario_help() -> str:
 
 
 LIVE_HELP[("failover-test", "scenario")] = _scenario_help
+
+
 @app.command("failover-test")
 def failover_test(
     inventory: Inv = Path("edge.yaml"),
-    scenario: Annotated[list[str] | None, typer.Option(
-        "--scenario", "-s", help=_scenario_help())] = None,
-    list_only: Annotated[bool, typer.Option(
-        "--list", help="List the scenarios (name, budget, needs, description) and exit.")
+    scenario: Annotated[
+        list[str] | None, typer.Option("--scenario", "-s", help=_scenario_help())
+    ] = None,
+    list_only: Annotated[
+        bool,
+        typer.Option(
+            "--list", help="List the scenarios (name, budget, needs, description) and exit."
+        ),
     ] = False,
-    report: Annotated[Path | None, typer.Option(
-        "--report", help="Also write results.json and an SVG timeline per scenario here.")
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Also write results.json and an SVG timeline per scenario here."
+        ),
     ] = None,
     hold: Annotated[float, typer.Option("--hold", help="Seconds each fault lasts.")] = 3.0,
-    move_wait: Annotated[float, typer.Option(
-        "--move-wait", help="Keep a fault up to this many seconds while the VIP has not "
-        "moved.")] = 15.0,
-    stable: Annotated[float, typer.Option(
-        "--stable", help="Seconds the VIP must stay on one holder before a fault.")] = 3.0,
-    allow_host_down: Annotated[bool, typer.Option(
-        "--allow-host-down", help="Run host-down on real hosts (powers the holder off).")
+    move_wait: Annotated[
+        float,
+        typer.Option(
+            "--move-wait", help="Keep a fault up to this many seconds while the VIP has not moved."
+        ),
+    ] = 15.0,
+    stable: Annotated[
+        float,
+        typer.Option("--stable", help="Seconds the VIP must stay on one holder before a fault."),
+    ] = 3.0,
+    allow_host_down: Annotated[
+        bool,
+        typer.Option(
+            "--allow-host-down", help="Run host-down on real hosts (powers the holder off)."
+        ),
     ] = False,
-    allow_drift: Annotated[bool, typer.Option(
-        "--allow-drift", help="Run although live configs differ from the inventory.")
+    allow_drift: Annotated[
+        bool,
+        typer.Option("--allow-drift", help="Run although live configs differ from the inventory."),
     ] = False,
     json_out: Json = False,
 ) -> int:
@@ -201,15 +239,19 @@ def failover_test(
     try:
         chosen, left_out = registry.select(scenario, driver)
     except ValueError as exc:
-        hint = ("pass --allow-host-down to power real hosts off" if "power" in str(exc)
-                else None)
+        hint = "pass --allow-host-down to power real hosts off" if "power" in str(exc) else None
         raise InputError(f"--scenario: {exc}", hint=hint) from None
     for line in left_out:
         note(line + ("; real hosts need --allow-host-down" if "power" in line else ""))
     try:
-        results = run(loaded, hosts, chosen, driver,
-                      Options(hold_s=hold, allow_drift=allow_drift, move_wait_s=move_wait,
-                              stable_s=stable), (lambda _m: None) if json_out else note)
+        results = run(
+            loaded,
+            hosts,
+            chosen,
+            driver,
+            Options(hold_s=hold, allow_drift=allow_drift, move_wait_s=move_wait, stable_s=stable),
+            (lambda _m: None) if json_out else note,
+        )
     finally:
         close_all(hosts)
     data = results_json(results)
@@ -218,15 +260,19 @@ def failover_test(
     if json_out:
         echo_json(data)
     else:
-        typer.echo(f"{'scenario':<18} {'result':<7} {'outage_s':>9} {'budget':>7} "
-                   f"{'vip_move_s':>11} {'failed/total':>13} {'split_s':>8} recovered")
+        typer.echo(
+            f"{'scenario':<18} {'result':<7} {'outage_s':>9} {'budget':>7} "
+            f"{'vip_move_s':>11} {'failed/total':>13} {'split_s':>8} recovered"
+        )
         for r in results:
             move = "-" if r.vip_move_s is None else f"{r.vip_move_s:.2f}"
-            typer.echo(f"{r.name:<18} {'PASS' if r.passed else 'FAIL':<7} "
-                       f"{r.outage_s:>9.2f} {r.budget_s:>7.1f} {move:>11} "
-                       f"{f'{r.failed_probes}/{r.total_probes}':>13} "
-                       f"{r.split_brain_s:>8.2f} {'yes' if r.recovered else 'NO'}"
-                       + (f"  ({r.error})" if r.error else ""))
+            typer.echo(
+                f"{r.name:<18} {'PASS' if r.passed else 'FAIL':<7} "
+                f"{r.outage_s:>9.2f} {r.budget_s:>7.1f} {move:>11} "
+                f"{f'{r.failed_probes}/{r.total_probes}':>13} "
+                f"{r.split_brain_s:>8.2f} {'yes' if r.recovered else 'NO'}"
+                + (f"  ({r.error})" if r.error else "")
+            )
         if report:
             note(f"report written to {report}/")
     return int(ExitCode.OK if data["passed"] else ExitCode.FAILED)

@@ -45,15 +45,21 @@ class DeployPlan:
 
     @property
     def pending(self) -> bool:
-        return (any(p.changed for p in self.hosts.values())
-                or FirewallAction.REMOVE in self.firewall.values())
+        return (
+            any(p.changed for p in self.hosts.values())
+            or FirewallAction.REMOVE in self.firewall.values()
+        )
 
     def order(self) -> list[str]:
         """Hosts to change: those holding no VIP first, VIP holders last (a failure there
         moves the VIP), inventory order otherwise."""
         vips = [v.address for v in self.loaded.inventory.vips]
-        names = [p.name for p in self.loaded.inventory.peers if p.name in self.hosts and (
-            self.hosts[p.name].changed or self.firewall.get(p.name) is FirewallAction.REMOVE)]
+        names = [
+            p.name
+            for p in self.loaded.inventory.peers
+            if p.name in self.hosts
+            and (self.hosts[p.name].changed or self.firewall.get(p.name) is FirewallAction.REMOVE)
+        ]
         return sorted(names, key=lambda n: any(self.facts[n].holds(v) for v in vips))
 
     def holders(self) -> dict[str, list[str]]:
@@ -81,14 +87,21 @@ class DeployReport:
     def to_dict(self) -> dict[str, object]:
         return {
             "hosts": {
-                name: {"changed": p.changed, "files": p.paths(),
-                       "install": p.missing_packages, "enable": p.enable_units,
-                       "start": p.start_units,
-                       "firewall": str(self.plan.firewall.get(name, "")),
-                       "applied": name in self.applied}
-                for name, p in self.plan.hosts.items()},
-            "failed_host": self.failed, "error": self.error,
-            "vip_holders": self.holders, "services": self.service_checks,
+                name: {
+                    "changed": p.changed,
+                    "files": p.paths(),
+                    "install": p.missing_packages,
+                    "enable": p.enable_units,
+                    "start": p.start_units,
+                    "firewall": str(self.plan.firewall.get(name, "")),
+                    "applied": name in self.applied,
+                }
+                for name, p in self.plan.hosts.items()
+            },
+            "failed_host": self.failed,
+            "error": self.error,
+            "vip_holders": self.holders,
+            "services": self.service_checks,
             "services_not_checked": self.skipped_checks,
             "ok": self.error is None,
         }
@@ -104,33 +117,48 @@ def preflight(loaded: Loaded, host: Transport, facts: HostFacts) -> None:
         iface = peer.interface or vip.interface or inv.vrrp.interface
         addrs = facts.interface_addresses(iface)
         if iface not in facts.addresses:
-            raise HostError(host.name, f"VRRP interface {iface} does not exist",
-                            hint="set vrrp.interface or peers[].interface")
+            raise HostError(
+                host.name,
+                f"VRRP interface {iface} does not exist",
+                hint="set vrrp.interface or peers[].interface",
+            )
         if not any(a.ip in vip.address.network for a in addrs):
-            raise HostError(host.name, f"interface {iface} has no address in "
-                            f"{vip.address.network} (the subnet of VIP {vip.address})")
+            raise HostError(
+                host.name,
+                f"interface {iface} has no address in "
+                f"{vip.address.network} (the subnet of VIP {vip.address})",
+            )
     missing = [p for p, ok in facts.packages.items() if not ok]
     if missing:
         r = host.run("apt-cache show " + " ".join(missing) + " >/dev/null", sudo=True)
         if not r.ok:
-            raise HostError(host.name, f"packages {', '.join(missing)} are missing and not "
-                            "installable (apt-cache show failed)", hint="run apt-get update")
+            raise HostError(
+                host.name,
+                f"packages {', '.join(missing)} are missing and not "
+                "installable (apt-cache show failed)",
+                hint="run apt-get update",
+            )
 
 
 def _check_sudo(host: Transport) -> None:
     if host.needs_sudo and not host.run("true", sudo=True, timeout=30).ok:
-        raise HostError(host.name, f"user {host.user!r} cannot run sudo without a "
-                        "password", hint="grant NOPASSWD sudo or use ssh.user: root")
+        raise HostError(
+            host.name,
+            f"user {host.user!r} cannot run sudo without a password",
+            hint="grant NOPASSWD sudo or use ssh.user: root",
+        )
 
 
 def vip_holders(loaded: Loaded, facts: Mapping[str, HostFacts]) -> dict[str, list[str]]:
-    return {str(v.address.ip): [n for n, f in facts.items() if f.holds(v.address)]
-            for v in loaded.inventory.vips}
+    return {
+        str(v.address.ip): [n for n, f in facts.items() if f.holds(v.address)]
+        for v in loaded.inventory.vips
+    }
 
 
-def _firewall_actions(loaded: Loaded, plans: dict[str, HostPlan],
-                      facts: dict[str, HostFacts],
-                      progress: Progress) -> dict[str, FirewallAction]:
+def _firewall_actions(
+    loaded: Loaded, plans: dict[str, HostPlan], facts: dict[str, HostFacts], progress: Progress
+) -> dict[str, FirewallAction]:
     inv = loaded.inventory
     out: dict[str, FirewallAction] = {}
     expected = inventory_hash(inv, firewall.SECTIONS)
@@ -139,8 +167,10 @@ def _firewall_actions(loaded: Loaded, plans: dict[str, HostPlan],
         if not inv.firewall.enabled:
             if fw.present:
                 out[name] = FirewallAction.REMOVE
-                progress(f"{name}: firewall.enabled is false: the edgekit firewall (table "
-                         f"inet {firewall.TABLE}, {firewall.UNIT}) will be removed")
+                progress(
+                    f"{name}: firewall.enabled is false: the edgekit firewall (table "
+                    f"inet {firewall.TABLE}, {firewall.UNIT}) will be removed"
+                )
             continue
         files_change = {firewall.RULESET, firewall.UNIT_PATH} & set(host_plan.paths())
         if files_change:
@@ -161,8 +191,9 @@ def select(hosts: Mapping[str, Transport], limit: list[str] | None) -> dict[str,
     return {n: h for n, h in hosts.items() if n in limit}
 
 
-def plan(loaded: Loaded, hosts: Mapping[str, Transport], *,
-         progress: Progress = silent) -> DeployPlan:
+def plan(
+    loaded: Loaded, hosts: Mapping[str, Transport], *, progress: Progress = silent
+) -> DeployPlan:
     """Preflight every host (nothing changes anywhere if one fails) and plan each."""
     inv = loaded.inventory
     files = render_all(loaded)
@@ -174,23 +205,37 @@ def plan(loaded: Loaded, hosts: Mapping[str, Transport], *,
         # Before any host changes: the firewall must keep admitting this machine.
         clients = in_parallel(hosts, lambda h: fw_load.admin_source(inv, h))
         if fw_load.test_lockout_requested():
-            progress(f"TEST ONLY ({fw_load.LOCKOUT_ENV}=1): the firewall drops this "
-                     "machine's own address, to exercise the host's rollback")
-            files = {n: fw_load.with_test_lockout(files[n], clients[n]) if n in clients
-                     else fs for n, fs in files.items()}
+            progress(
+                f"TEST ONLY ({fw_load.LOCKOUT_ENV}=1): the firewall drops this "
+                "machine's own address, to exercise the host's rollback"
+            )
+            files = {
+                n: fw_load.with_test_lockout(files[n], clients[n]) if n in clients else fs
+                for n, fs in files.items()
+            }
     facts = in_parallel(hosts, lambda h: gather(h, paths))
     for name, host in hosts.items():
         if inv.firewall.enabled and facts[name].firewall.table is TableState.NO_NFT:
             facts[name].packages["nftables"] = False  # installed like haproxy
         preflight(loaded, host, facts[name])
     plans = {n: plan_host(n, files[n], facts[n]) for n in hosts}
-    return DeployPlan(loaded, {n: files[n] for n in hosts}, facts, plans,
-                      _firewall_actions(loaded, plans, facts, progress))
+    return DeployPlan(
+        loaded,
+        {n: files[n] for n in hosts},
+        facts,
+        plans,
+        _firewall_actions(loaded, plans, facts, progress),
+    )
 
 
-def apply(the_plan: DeployPlan, hosts: Mapping[str, Transport], *,
-          progress: Progress = silent, timing: Timing | None = None,
-          answers: Callable[[str, int], bool] | None = None) -> DeployReport:
+def apply(
+    the_plan: DeployPlan,
+    hosts: Mapping[str, Transport],
+    *,
+    progress: Progress = silent,
+    timing: Timing | None = None,
+    answers: Callable[[str, int], bool] | None = None,
+) -> DeployReport:
     """Apply `the_plan` host by host in plan order; stop at the first host that fails
     (that host is rolled back). `answers(address, port)` checks a service through a VIP
     (a TCP connect by default)."""
@@ -206,9 +251,18 @@ def apply(the_plan: DeployPlan, hosts: Mapping[str, Transport], *,
         progress(f"{name}: applying ({len(host_plan.changes)} file(s) differ)")
         try:
             if host_plan.changed:
-                apply_host(hosts[name], name, host_plan, the_plan.files[name],
-                           the_plan.facts[name], instances, inv.stats.port, progress,
-                           firewall_load=action is FirewallAction.LOAD, timing=timing)
+                apply_host(
+                    hosts[name],
+                    name,
+                    host_plan,
+                    the_plan.files[name],
+                    the_plan.facts[name],
+                    instances,
+                    inv.stats.port,
+                    progress,
+                    firewall_load=action is FirewallAction.LOAD,
+                    timing=timing,
+                )
             if action is FirewallAction.REMOVE:
                 _remove_firewall(hosts[name], progress)
         except (ApplyError, HostError) as exc:
@@ -216,8 +270,14 @@ def apply(the_plan: DeployPlan, hosts: Mapping[str, Transport], *,
             return report
         report.applied.append(name)
         progress(f"{name}: healthy")
-    _verify(the_plan.loaded, hosts, report, progress, timing.verify_s,
-            answers or (lambda address, port: tcp_answers(address, port, timeout=3.0)))
+    _verify(
+        the_plan.loaded,
+        hosts,
+        report,
+        progress,
+        timing.verify_s,
+        answers or (lambda address, port: tcp_answers(address, port, timeout=3.0)),
+    )
     return report
 
 
@@ -238,17 +298,25 @@ def local_address_towards(address: str) -> str | None:
         return None
 
 
-def _verify(loaded: Loaded, hosts: Mapping[str, Transport], report: DeployReport,
-            progress: Progress, timeout: float, answers: Callable[[str, int], bool]) -> None:
+def _verify(
+    loaded: Loaded,
+    hosts: Mapping[str, Transport],
+    report: DeployReport,
+    progress: Progress,
+    timeout: float,
+    answers: Callable[[str, int], bool],
+) -> None:
     """Exactly one holder per VIP, and each service answers through the VIP."""
+
     def one_holder_each() -> bool:
         report.holders = vip_holders(loaded, in_parallel(hosts, lambda h: gather(h, [])))
         return all(len(h) == 1 for h in report.holders.values())
 
     if not wait_until(one_holder_each, timeout, interval=0.5):
         address, h = next((v, h) for v, h in report.holders.items() if len(h) != 1)
-        report.error = (f"VIP {address} has {len(h)} holders ({', '.join(h) or 'none'}) "
-                        "after the deploy")
+        report.error = (
+            f"VIP {address} has {len(h)} holders ({', '.join(h) or 'none'}) after the deploy"
+        )
         return
     inv = loaded.inventory
     for svc in inv.services:
@@ -262,11 +330,21 @@ def _verify(loaded: Loaded, hosts: Mapping[str, Transport], report: DeployReport
             ok = answers(str(vip.address.ip), svc.listen)
             report.service_checks[key] = ok
             if not ok:
-                report.error = (f"service {svc.name} does not answer on "
-                                f"{vip.address.ip}:{svc.listen}")
-    progress("verified: one holder per VIP" + ("" if report.error else
-                                               ", every service answers through its VIP"))
+                report.error = (
+                    f"service {svc.name} does not answer on {vip.address.ip}:{svc.listen}"
+                )
+    progress(
+        "verified: one holder per VIP"
+        + ("" if report.error else ", every service answers through its VIP")
+    )
 
 
-__all__ = ["DeployPlan", "DeployReport", "FirewallAction", "OperationError", "apply", "plan",
-           "select"]
+__all__ = [
+    "DeployPlan",
+    "DeployReport",
+    "FirewallAction",
+    "OperationError",
+    "apply",
+    "plan",
+    "select",
+]

@@ -32,15 +32,23 @@ class FileChange:
         new = self.wanted.content
         if self.wanted.secret or _SECRET_LINE.search(old):
             old, new = mask_secrets(old, new)
-        lines = list(difflib.unified_diff(
-            old.splitlines(keepends=True), new.splitlines(keepends=True),
-            fromfile=f"{self.wanted.path} (live)" if self.live.content is not None
-            else "/dev/null",
-            tofile=f"{self.wanted.path} (rendered)"))
+        lines = list(
+            difflib.unified_diff(
+                old.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                fromfile=f"{self.wanted.path} (live)"
+                if self.live.content is not None
+                else "/dev/null",
+                tofile=f"{self.wanted.path} (rendered)",
+            )
+        )
         if self.action == "chmod":
-            lines.append(f"{self.wanted.path}: mode/owner {self.live.mode:04o} "
-                         f"{self.live.owner} -> {self.wanted.mode:04o} {self.wanted.owner}\n"
-                         if self.live.mode is not None else "")
+            lines.append(
+                f"{self.wanted.path}: mode/owner {self.live.mode:04o} "
+                f"{self.live.owner} -> {self.wanted.mode:04o} {self.wanted.owner}\n"
+                if self.live.mode is not None
+                else ""
+            )
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
 
@@ -54,8 +62,7 @@ class HostPlan:
 
     @property
     def changed(self) -> bool:
-        return bool(self.changes or self.missing_packages or self.enable_units
-                    or self.start_units)
+        return bool(self.changes or self.missing_packages or self.enable_units or self.start_units)
 
     def services_touched(self) -> set[str]:
         return {c.wanted.service for c in self.changes}
@@ -75,15 +82,14 @@ def mask_secrets(old: str, new: str) -> tuple[str, str]:
         changed = old_vals.get(m.group(1)) not in (None, m.group(0))
         return m.group(1) + MASK + (" (changed)" if changed else "")
 
-    return (_SECRET_LINE.sub(lambda m: m.group(1) + MASK, old),
-            _SECRET_LINE.sub(mask_new, new))
+    return (_SECRET_LINE.sub(lambda m: m.group(1) + MASK, old), _SECRET_LINE.sub(mask_new, new))
 
 
 def plan_host(host: str, wanted: list[RenderedFile], facts: HostFacts) -> HostPlan:
     plan = HostPlan(host)
     for f in wanted:
         live = facts.files.get(f.path, LiveFile(f.path, None))
-        if (live.content != f.content or live.mode != f.mode or live.owner != f.owner):
+        if live.content != f.content or live.mode != f.mode or live.owner != f.owner:
             plan.changes.append(FileChange(f, live))
     plan.missing_packages = [p for p, ok in sorted(facts.packages.items()) if not ok]
     for unit, (active, enabled) in sorted(facts.units.items()):

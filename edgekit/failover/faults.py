@@ -27,8 +27,11 @@ class RealHostPower(NoFaults):
 
     def power_off(self, host: str) -> None:
         target = self.hosts[host]
-        target.run("setsid sh -c 'sleep 0.2; echo o > /proc/sysrq-trigger' "
-                   ">/dev/null 2>&1 </dev/null &", sudo=True, timeout=10)
+        target.run(
+            "setsid sh -c 'sleep 0.2; echo o > /proc/sysrq-trigger' >/dev/null 2>&1 </dev/null &",
+            sudo=True,
+            timeout=10,
+        )
         target.close()
 
     def power_on(self, host: str) -> None:
@@ -42,12 +45,14 @@ class RealHostPower(NoFaults):
                 return False
 
         if not wait_until(answers, self.wait_s, interval=5.0):
-            raise OperationError(f"{host}: did not come back within {self.wait_s:.0f}s; "
-                                 "power it on by hand")
+            raise OperationError(
+                f"{host}: did not come back within {self.wait_s:.0f}s; power it on by hand"
+            )
 
 
-def driver_for(inventory: Path, hosts: Mapping[str, Transport],
-               allow_real_power: bool) -> FaultDriver:
+def driver_for(
+    inventory: Path, hosts: Mapping[str, Transport], allow_real_power: bool
+) -> FaultDriver:
     """The lab's own driver when a running lab wrote this inventory, else sysrq power
     control of real hosts with --allow-host-down, else none."""
     lab = provider_for(inventory)

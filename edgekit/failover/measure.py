@@ -44,22 +44,27 @@ def outage(probes: Sequence[Probe]) -> float:
     return longest
 
 
-def holder_timeline(samples: Iterable[Sample], peers: Sequence[str],
-                    stale_after: float = 0.5) -> list[tuple[float, frozenset[str]]]:
+def holder_timeline(
+    samples: Iterable[Sample], peers: Sequence[str], stale_after: float = 0.5
+) -> list[tuple[float, frozenset[str]]]:
     """(time, set of holders) at each sample; a peer silent for stale_after seconds holds
     nothing (a dead host cannot answer ARP for the VIP)."""
     latest: dict[str, Sample] = {}
     out: list[tuple[float, frozenset[str]]] = []
     for s in sorted(samples, key=lambda s: s.t):
         latest[s.peer] = s
-        holders = frozenset(p for p, last in latest.items()
-                            if last.holds and s.t - last.t <= stale_after and p in peers)
+        holders = frozenset(
+            p
+            for p, last in latest.items()
+            if last.holds and s.t - last.t <= stale_after and p in peers
+        )
         out.append((s.t, holders))
     return out
 
 
-def vip_move(timeline: Sequence[tuple[float, frozenset[str]]], old_holder: str,
-             fault_t: float) -> float | None:
+def vip_move(
+    timeline: Sequence[tuple[float, frozenset[str]]], old_holder: str, fault_t: float
+) -> float | None:
     """Seconds from the fault until another peer alone holds the VIP; None if never."""
     for t, holders in timeline:
         if t >= fault_t and holders and old_holder not in holders:
@@ -67,8 +72,9 @@ def vip_move(timeline: Sequence[tuple[float, frozenset[str]]], old_holder: str,
     return None
 
 
-def split_brain(timeline: Sequence[tuple[float, frozenset[str]]],
-                since: float | None = None) -> float:
+def split_brain(
+    timeline: Sequence[tuple[float, frozenset[str]]], since: float | None = None
+) -> float:
     """Total time with two or more holders (after `since`, when given)."""
     total = 0.0
     for (t, holders), (t_next, _) in zip(timeline, timeline[1:], strict=False):

@@ -40,8 +40,7 @@ class Prober:
     """Sends a probe to every target every `interval` seconds, on a fixed schedule, so a
     slow or failing probe never lowers the rate."""
 
-    def __init__(self, targets: list[Target], interval: float = 0.05,
-                 timeout: float = 0.3) -> None:
+    def __init__(self, targets: list[Target], interval: float = 0.05, timeout: float = 0.3) -> None:
         self.targets = targets
         self.interval = interval
         self.timeout = timeout
@@ -77,8 +76,10 @@ class Prober:
 
 
 # Prints "<epoch seconds> <1|0>" ten times a second: does this peer hold the VIP?
-_WATCH = ("while :; do if ip -4 -o addr show | grep -q ' {ip}/'; then h=1; else h=0; fi; "
-          "echo \"$(date +%s.%N) $h\"; sleep 0.1; done")
+_WATCH = (
+    "while :; do if ip -4 -o addr show | grep -q ' {ip}/'; then h=1; else h=0; fi; "
+    'echo "$(date +%s.%N) $h"; sleep 0.1; done'
+)
 
 
 class OwnershipWatcher:
@@ -90,10 +91,13 @@ class OwnershipWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=host.stream, daemon=True,
-                             args=(_WATCH.format(ip=vip.replace(".", "\\.")),
-                                   self._collector(name), self._stop))
-            for name, host in hosts.items()]
+            threading.Thread(
+                target=host.stream,
+                daemon=True,
+                args=(_WATCH.format(ip=vip.replace(".", "\\.")), self._collector(name), self._stop),
+            )
+            for name, host in hosts.items()
+        ]
 
     def _collector(self, peer: str) -> Callable[[str], None]:
         def collect(line: str) -> None:
@@ -105,6 +109,7 @@ class OwnershipWatcher:
                     return
                 with self._lock:
                     self.samples.append(sample)
+
         return collect
 
     def start(self) -> OwnershipWatcher:

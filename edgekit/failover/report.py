@@ -14,8 +14,10 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
 
 
 def results_json(results: list[ScenarioResult]) -> dict[str, object]:
-    return {"scenarios": [r.summary() for r in results],
-            "passed": bool(results) and all(r.passed for r in results)}
+    return {
+        "scenarios": [r.summary() for r in results],
+        "passed": bool(results) and all(r.passed for r in results),
+    }
 
 
 def timeline_svg(r: ScenarioResult, peers: list[str]) -> str:
@@ -32,13 +34,15 @@ def timeline_svg(r: ScenarioResult, peers: list[str]) -> str:
 
     lanes = ["probes", *peers]
     height = 60 + LANE * len(lanes) + 30
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{height}' "
-           "font-family='sans-serif' font-size='12'>",
-           "<rect width='100%' height='100%' fill='white'/>",
-           f"<text x='10' y='18' font-size='14'>{escape(r.name)} ({escape(r.description)})"
-           f": outage {r.outage_s:.2f} s, "
-           f"VIP moved in {r.vip_move_s} s, {r.failed_probes}/{r.total_probes} probes failed"
-           f" - {'PASS' if r.passed else 'FAIL'}</text>"]
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{height}' "
+        "font-family='sans-serif' font-size='12'>",
+        "<rect width='100%' height='100%' fill='white'/>",
+        f"<text x='10' y='18' font-size='14'>{escape(r.name)} ({escape(r.description)})"
+        f": outage {r.outage_s:.2f} s, "
+        f"VIP moved in {r.vip_move_s} s, {r.failed_probes}/{r.total_probes} probes failed"
+        f" - {'PASS' if r.passed else 'FAIL'}</text>",
+    ]
     for i, lane in enumerate(lanes):
         y = 40 + i * LANE
         out.append(f"<text x='10' y='{y + 15}'>{escape(lane)}</text>")
@@ -50,14 +54,17 @@ def timeline_svg(r: ScenarioResult, peers: list[str]) -> str:
         for i, peer in enumerate(peers):
             if peer in holders:
                 y = 40 + (i + 1) * LANE
-                out.append(f"<rect x='{x(t):.1f}' y='{y}' width='{max(x(t_next) - x(t), 0.5):.1f}'"
-                           f" height='20' fill='{COLORS[i % len(COLORS)]}'/>")
+                out.append(
+                    f"<rect x='{x(t):.1f}' y='{y}' width='{max(x(t_next) - x(t), 0.5):.1f}'"
+                    f" height='20' fill='{COLORS[i % len(COLORS)]}'/>"
+                )
     for label, t, color in (("fault", r.fault_t, "#d62728"), ("restore", r.restore_t, "#333")):
         if t:
-            out.append(f"<line x1='{x(t):.1f}' x2='{x(t):.1f}' y1='32' y2='{height - 25}' "
-                       f"stroke='{color}' stroke-dasharray='4 3'/>")
-            out.append(f"<text x='{x(t) + 3:.1f}' y='{height - 12}' fill='{color}'>{label}"
-                       "</text>")
+            out.append(
+                f"<line x1='{x(t):.1f}' x2='{x(t):.1f}' y1='32' y2='{height - 25}' "
+                f"stroke='{color}' stroke-dasharray='4 3'/>"
+            )
+            out.append(f"<text x='{x(t) + 3:.1f}' y='{height - 12}' fill='{color}'>{label}</text>")
     out.append(f"<text x='{LEFT}' y='{height - 2}'>0 s</text>")
     out.append(f"<text x='{WIDTH - 60}' y='{height - 2}'>{span:.1f} s</text>")
     out.append("</svg>")
@@ -75,8 +82,12 @@ def write_report(directory: Path, results: list[ScenarioResult], peers: list[str
 def series(r: ScenarioResult, peers: list[str]) -> dict[str, object]:
     """The raw recording behind a result: enough to recompute every figure."""
     return {
-        "scenario": r.name, "peers": peers, "holder": r.holder, "fault_t": r.fault_t,
-        "restore_t": r.restore_t, "result": r.summary(),
+        "scenario": r.name,
+        "peers": peers,
+        "holder": r.holder,
+        "fault_t": r.fault_t,
+        "restore_t": r.restore_t,
+        "result": r.summary(),
         "probes": [{"t": p.t, "ok": p.ok, "target": p.target} for p in r.probes],
         "samples": [{"t": s.t, "peer": s.peer, "holds": s.holds} for s in r.samples],
     }

@@ -60,17 +60,24 @@ class Options:
 
 def probe_targets(loaded: Loaded) -> list[Target]:
     vip = str(loaded.inventory.vips[0].address.ip)
-    return [Target(s.name, vip, s.listen, http=(s.probe or ("http" if s.listen in (80, 8080)
-                                                             else "tcp")) == "http")
-            for s in loaded.inventory.services]
+    return [
+        Target(
+            s.name,
+            vip,
+            s.listen,
+            http=(s.probe or ("http" if s.listen in (80, 8080) else "tcp")) == "http",
+        )
+        for s in loaded.inventory.services
+    ]
 
 
 def _ready(st: ClusterStatus, allow_drift: bool) -> list[str]:
     return [p for p in st.problems if not (allow_drift and p.startswith("drift on "))]
 
 
-def wait_healthy(loaded: Loaded, hosts: Mapping[str, Transport], timeout: float,
-                 allow_drift: bool) -> bool:
+def wait_healthy(
+    loaded: Loaded, hosts: Mapping[str, Transport], timeout: float, allow_drift: bool
+) -> bool:
     def healthy() -> bool:
         try:
             return not _ready(cluster_status(loaded, hosts), allow_drift)
@@ -80,8 +87,14 @@ def wait_healthy(loaded: Loaded, hosts: Mapping[str, Transport], timeout: float,
     return bool(wait_until(healthy, timeout, interval=1.0))
 
 
-def run_scenario(loaded: Loaded, hosts: Mapping[str, Transport], scenario: Scenario,
-                 driver: FaultDriver, opts: Options, progress: Progress) -> ScenarioResult:
+def run_scenario(
+    loaded: Loaded,
+    hosts: Mapping[str, Transport],
+    scenario: Scenario,
+    driver: FaultDriver,
+    opts: Options,
+    progress: Progress,
+) -> ScenarioResult:
     inv = loaded.inventory
     name = scenario.name
     result = ScenarioResult(name, budget_s=scenario.budget_s, description=scenario.description)
@@ -91,8 +104,10 @@ def run_scenario(loaded: Loaded, hosts: Mapping[str, Transport], scenario: Scena
         st = cluster_status(loaded, hosts)
         problems = _ready(st, opts.allow_drift)
         if problems:
-            raise OperationError(f"{name}: the cluster is not healthy, refusing to inject a "
-                                 f"fault: {'; '.join(problems)}")
+            raise OperationError(
+                f"{name}: the cluster is not healthy, refusing to inject a "
+                f"fault: {'; '.join(problems)}"
+            )
         watcher = OwnershipWatcher(hosts, vip_ip).start()
         prober = Prober(probe_targets(loaded)).start()
         try:
@@ -106,8 +121,13 @@ def run_scenario(loaded: Loaded, hosts: Mapping[str, Transport], scenario: Scena
             result.fault_t = time.time()
             try:
                 scenario.inject(fault)
-                _wait_move(watcher, result.holder, [p.name for p in inv.peers], opts.hold_s,
-                           opts.move_wait_s)
+                _wait_move(
+                    watcher,
+                    result.holder,
+                    [p.name for p in inv.peers],
+                    opts.hold_s,
+                    opts.move_wait_s,
+                )
                 if scenario.self_restoring:
                     # The fault undoes itself; give it that time.
                     time.sleep(max(0.0, result.fault_t + opts.hold_s + 0.5 - time.time()))
@@ -119,8 +139,7 @@ def run_scenario(loaded: Loaded, hosts: Mapping[str, Transport], scenario: Scena
                 except EdgekitError as exc:
                     result.error = f"restore failed: {exc}"
             progress(f"{name}: restored; waiting for the cluster to be healthy")
-            result.recovered = wait_healthy(loaded, hosts, opts.recover_timeout_s,
-                                            opts.allow_drift)
+            result.recovered = wait_healthy(loaded, hosts, opts.recover_timeout_s, opts.allow_drift)
             time.sleep(opts.settle_s)
         finally:
             result.probes = prober.stop()
@@ -132,19 +151,20 @@ def run_scenario(loaded: Loaded, hosts: Mapping[str, Transport], scenario: Scena
             host.close()
 
 
-def _wait_for_samples(watcher: OwnershipWatcher, peers: list[str],
-                      timeout: float = 10.0) -> None:
+def _wait_for_samples(watcher: OwnershipWatcher, peers: list[str], timeout: float = 10.0) -> None:
     def every_peer_seen() -> bool:
         return {s.peer for s in watcher.samples[-50:]} >= set(peers)
 
     if wait_until(every_peer_seen, timeout, interval=0.1):
         return
-    raise OperationError("no VIP ownership samples from every peer within "
-                         f"{timeout:.0f}s (SSH to the peers?)")
+    raise OperationError(
+        f"no VIP ownership samples from every peer within {timeout:.0f}s (SSH to the peers?)"
+    )
 
 
-def _stable_holder(watcher: OwnershipWatcher, peers: list[str], stable_s: float,
-                   timeout: float = 90.0) -> str:
+def _stable_holder(
+    watcher: OwnershipWatcher, peers: list[str], stable_s: float, timeout: float = 90.0
+) -> str:
     """The one peer that has held the VIP, alone, for the last stable_s seconds."""
     start = time.monotonic()
     since, last = start, frozenset(watcher.holders_now(peers))
@@ -155,12 +175,15 @@ def _stable_holder(watcher: OwnershipWatcher, peers: list[str], stable_s: float,
             since, last = time.monotonic(), now
         elif len(now) == 1 and time.monotonic() - since >= stable_s:
             return next(iter(now))
-    raise OperationError(f"the VIP did not stay on one peer for {stable_s:g}s within "
-                         f"{timeout:.0f}s (holders now: {', '.join(sorted(last)) or 'none'})")
+    raise OperationError(
+        f"the VIP did not stay on one peer for {stable_s:g}s within "
+        f"{timeout:.0f}s (holders now: {', '.join(sorted(last)) or 'none'})"
+    )
 
 
-def _wait_move(watcher: OwnershipWatcher, old: str, peers: list[str], hold_s: float,
-               max_wait_s: float) -> None:
+def _wait_move(
+    watcher: OwnershipWatcher, old: str, peers: list[str], hold_s: float, max_wait_s: float
+) -> None:
     """Hold the fault for hold_s, and longer until another peer took the VIP (at most
     max_wait_s)."""
     start = time.monotonic()
@@ -189,16 +212,29 @@ def score(r: ScenarioResult, peers: list[str]) -> None:
     at_restore = [h for t, h in timeline if t <= r.restore_t]
     end_holders = timeline[-1][1] if timeline else frozenset()
     r.lasting_split_brain = len(end_holders) > 1 or bool(at_restore and len(at_restore[-1]) > 1)
-    r.passed = (r.recovered and r.vip_move_s is not None and r.outage_s <= r.budget_s
-                and not r.lasting_split_brain and not r.error)
+    r.passed = (
+        r.recovered
+        and r.vip_move_s is not None
+        and r.outage_s <= r.budget_s
+        and not r.lasting_split_brain
+        and not r.error
+    )
 
 
-def run(loaded: Loaded, hosts: Mapping[str, Transport], scenarios: list[Scenario],
-        driver: FaultDriver, opts: Options, progress: Progress) -> list[ScenarioResult]:
+def run(
+    loaded: Loaded,
+    hosts: Mapping[str, Transport],
+    scenarios: list[Scenario],
+    driver: FaultDriver,
+    opts: Options,
+    progress: Progress,
+) -> list[ScenarioResult]:
     results = []
     for scenario in scenarios:
         results.append(run_scenario(loaded, hosts, scenario, driver, opts, progress))
         r = results[-1]
-        progress(f"{r.name}: {'PASS' if r.passed else 'FAIL'} outage {r.outage_s:.2f}s "
-                 f"(budget {r.budget_s}s), VIP moved in {r.vip_move_s}s")
+        progress(
+            f"{r.name}: {'PASS' if r.passed else 'FAIL'} outage {r.outage_s:.2f}s "
+            f"(budget {r.budget_s}s), VIP moved in {r.vip_move_s}s"
+        )
     return results

@@ -44,8 +44,12 @@ class Scenario:
         return self.needs <= driver.capabilities()
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "description": self.description,
-                "budget_s": self.budget_s, "needs": sorted(self.needs)}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "budget_s": self.budget_s,
+            "needs": sorted(self.needs),
+        }
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -61,6 +65,7 @@ def register(scenario: Scenario) -> Scenario:
 def _sudo(command: str, what: str) -> Callable[[Fault], None]:
     def act(fault: Fault) -> None:
         fault.host.check(command, what, sudo=True, timeout=60)
+
     return act
 
 
@@ -68,41 +73,85 @@ def _link_down_inside(fault: Fault) -> None:
     # Detached on the host: the SSH session that started it may be cut meanwhile.
     iface = shlex.quote(fault.interface)
     cmd = f"ip link set {iface} down; sleep {fault.hold_s:g}; ip link set {iface} up"
-    fault.host.check(f"setsid sh -c {shlex.quote(cmd)} >/dev/null 2>&1 </dev/null &",
-                     "taking the link down", sudo=True, timeout=10)
+    fault.host.check(
+        f"setsid sh -c {shlex.quote(cmd)} >/dev/null 2>&1 </dev/null &",
+        "taking the link down",
+        sudo=True,
+        timeout=10,
+    )
 
 
 def _link_up_inside(fault: Fault) -> None:
-    fault.host.check(f"ip link set {shlex.quote(fault.interface)} up",
-                     "restoring after link-down", sudo=True, timeout=60)
+    fault.host.check(
+        f"ip link set {shlex.quote(fault.interface)} up",
+        "restoring after link-down",
+        sudo=True,
+        timeout=60,
+    )
 
 
-register(Scenario(
-    "graceful", "stop keepalived cleanly on the VIP holder", 0.3,
-    _sudo("systemctl stop keepalived", "stopping keepalived"),
-    _sudo("systemctl start keepalived", "restoring after graceful")))
-register(Scenario(
-    "haproxy-down", "stop haproxy on the VIP holder (it does not come back)", 1.0,
-    _sudo("systemctl stop haproxy", "stopping haproxy"),
-    _sudo("systemctl start haproxy", "restoring after haproxy-down")))
-register(Scenario(
-    "keepalived-crash", "SIGKILL keepalived on the VIP holder", 1.0,
-    _sudo("systemctl kill -s KILL keepalived", "killing keepalived"),
-    # systemd restarts a killed keepalived (edgekit's drop-in); make sure of it.
-    _sudo("systemctl is-active -q keepalived || systemctl start keepalived",
-          "restoring after keepalived-crash")))
-register(Scenario(
-    "link-down", "take the holder's VRRP interface down; the host brings it back itself",
-    1.0, _link_down_inside, _link_up_inside, self_restoring=True))
-register(Scenario(
-    "host-down", "the holder stops as in a power loss", 1.0,
-    lambda f: f.driver.power_off(f.host.name), lambda f: f.driver.power_on(f.host.name),
-    needs=frozenset({Capability.POWER})))
-register(Scenario(
-    "cable-cut", "cut the holder's link from the switch side (the host still sees its "
-    "link up)", 1.0,
-    lambda f: f.driver.link_down(f.host.name), lambda f: f.driver.link_up(f.host.name),
-    needs=frozenset({Capability.LINK}), default=False))
+register(
+    Scenario(
+        "graceful",
+        "stop keepalived cleanly on the VIP holder",
+        0.3,
+        _sudo("systemctl stop keepalived", "stopping keepalived"),
+        _sudo("systemctl start keepalived", "restoring after graceful"),
+    )
+)
+register(
+    Scenario(
+        "haproxy-down",
+        "stop haproxy on the VIP holder (it does not come back)",
+        1.0,
+        _sudo("systemctl stop haproxy", "stopping haproxy"),
+        _sudo("systemctl start haproxy", "restoring after haproxy-down"),
+    )
+)
+register(
+    Scenario(
+        "keepalived-crash",
+        "SIGKILL keepalived on the VIP holder",
+        1.0,
+        _sudo("systemctl kill -s KILL keepalived", "killing keepalived"),
+        # systemd restarts a killed keepalived (edgekit's drop-in); make sure of it.
+        _sudo(
+            "systemctl is-active -q keepalived || systemctl start keepalived",
+            "restoring after keepalived-crash",
+        ),
+    )
+)
+register(
+    Scenario(
+        "link-down",
+        "take the holder's VRRP interface down; the host brings it back itself",
+        1.0,
+        _link_down_inside,
+        _link_up_inside,
+        self_restoring=True,
+    )
+)
+register(
+    Scenario(
+        "host-down",
+        "the holder stops as in a power loss",
+        1.0,
+        lambda f: f.driver.power_off(f.host.name),
+        lambda f: f.driver.power_on(f.host.name),
+        needs=frozenset({Capability.POWER}),
+    )
+)
+register(
+    Scenario(
+        "cable-cut",
+        "cut the holder's link from the switch side (the host still sees its link up)",
+        1.0,
+        lambda f: f.driver.link_down(f.host.name),
+        lambda f: f.driver.link_up(f.host.name),
+        needs=frozenset({Capability.LINK}),
+        default=False,
+    )
+)
 
 
 def select(names: list[str] | None, driver: FaultDriver) -> tuple[list[Scenario], list[str]]:
@@ -115,13 +164,18 @@ def select(names: list[str] | None, driver: FaultDriver) -> tuple[list[Scenario]
                 raise ValueError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
             scenario = SCENARIOS[name]
             if not scenario.runnable(driver):
-                raise ValueError(f"{name} needs {', '.join(sorted(scenario.needs))} control "
-                                 "of the hosts, which nothing here provides")
+                raise ValueError(
+                    f"{name} needs {', '.join(sorted(scenario.needs))} control "
+                    "of the hosts, which nothing here provides"
+                )
             chosen.append(scenario)
         return chosen, []
     run = [s for s in SCENARIOS.values() if s.default and s.runnable(driver)]
-    left = [f"{s.name} skipped: needs {', '.join(sorted(s.needs))} control of the hosts"
-            for s in SCENARIOS.values() if s.default and not s.runnable(driver)]
+    left = [
+        f"{s.name} skipped: needs {', '.join(sorted(s.needs))} control of the hosts"
+        for s in SCENARIOS.values()
+        if s.default and not s.runnable(driver)
+    ]
     return run, left
 
 

@@ -102,14 +102,28 @@ def inventory_ssh_argv(inventory: dict[str, Any], peer: str, command: list[str])
     against its known_hosts."""
     ssh = inventory.get("ssh") or {}
     entry = next(p for p in inventory.get("peers", []) if p.get("name") == peer)
-    argv = ["ssh", "-p", str(entry.get("ssh_port") or ssh.get("port") or 22),
-            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+    argv = [
+        "ssh",
+        "-p",
+        str(entry.get("ssh_port") or ssh.get("port") or 22),
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "LogLevel=ERROR",
+    ]
     if ssh.get("identity_file"):
         argv += ["-i", str(ssh["identity_file"]), "-o", "IdentitiesOnly=yes"]
     if ssh.get("known_hosts"):
-        argv += ["-o", f"UserKnownHostsFile={ssh['known_hosts']}",
-                 "-o", "GlobalKnownHostsFile=/dev/null"]
+        argv += [
+            "-o",
+            f"UserKnownHostsFile={ssh['known_hosts']}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+        ]
     host = entry.get("ssh_host") or entry.get("address")
     return [*argv, f"{ssh.get('user') or 'root'}@{host}", *command]
 

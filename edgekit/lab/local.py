@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -48,13 +47,13 @@ from edgekit.lab.system import (
     wait_cgroup_empty,
     wait_gone,
 )
+from edgekit.progress import Progress, silent
 
 __all__ = [
     "LabHost", "LabInfo", "up", "down", "status", "info", "inventory_path", "ssh_argv",
     "kill_host", "start_host", "host_pid", "state_dir",
 ]  # fmt: skip
 
-Progress = Callable[[str], None]
 PROVIDER = "local"
 BOOT_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
@@ -66,10 +65,6 @@ PROGRAMS = {  # program -> Debian package that provides it
     "ssh-keygen": "openssh-client",
     "openssl": "openssl",
 }
-
-
-def _silent(_: str) -> None:
-    pass
 
 
 state_dir = state.state_dir
@@ -101,7 +96,7 @@ def info() -> LabInfo:
 
 
 def up(
-    peers: int = 2, backends: int = 3, subnet: str | None = None, progress: Progress = _silent
+    peers: int = 2, backends: int = 3, subnet: str | None = None, progress: Progress = silent
 ) -> LabInfo:
     """Create the lab (removing any earlier one first) and wait until every host answers."""
     check_prerequisites()
@@ -110,7 +105,7 @@ def up(
     image = build_image(progress=progress)
     directory = state_dir()
     with locked(directory):
-        _down_locked(directory, _silent)
+        _down_locked(directory, silent)
         routes = network.machine_routes()
         chosen = check_subnet(subnet, routes) if subnet else choose_subnet(routes)
         lab = replace(plan_lab(directory, chosen, peers, backends), lab_id=uuid.uuid4().hex)
@@ -121,7 +116,7 @@ def up(
         except BaseException:
             logs = _keep_logs(lab)
             progress(f"lab up failed; removing what it created (host logs kept in {logs})")
-            _down_locked(directory, _silent, keep=logs)
+            _down_locked(directory, silent, keep=logs)
             raise
     progress(f"lab up in {time.monotonic() - started:.1f} s")
     for line in next_steps(lab):
@@ -220,7 +215,7 @@ def next_steps(lab: LabInfo) -> list[str]:
 # --- down --------------------------------------------------------------------
 
 
-def down(progress: Progress = _silent) -> None:
+def down(progress: Progress = silent) -> None:
     """Remove the lab: processes, mounts, links, namespaces, cgroups, state. Idempotent."""
     check_prerequisites(("ip",))
     directory = state_dir()
@@ -401,7 +396,7 @@ def kill_host(name: str) -> None:
         reap()
 
 
-def start_host(name: str, progress: Progress = _silent) -> None:
+def start_host(name: str, progress: Progress = silent) -> None:
     """Boot a killed or stopped host again with its link up; returns once it answers."""
     check_prerequisites(("ip", "systemd-nspawn", "nsenter"))
     directory = state_dir()
@@ -441,7 +436,7 @@ class LocalLab:
 
     name = PROVIDER
 
-    def __init__(self, progress: Progress = _silent) -> None:
+    def __init__(self, progress: Progress = silent) -> None:
         self.progress = progress
 
     def up(self, *, peers: int, backends: int, subnet: str | None) -> Path:

@@ -193,5 +193,3 @@ def container_init(directory: Path) -> int | None:
                 if len(ids) > 1 and ids[-1] == "1":
                     return pid
     return None
-
-

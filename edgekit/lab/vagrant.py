@@ -259,8 +259,11 @@ def _admit_management(inv: dict[str, Any], hosts: Sequence[SshHost], prefix: str
         except ValueError:
             continue  # a host name: nothing to derive; admin_cidrs can be set by hand
         # VirtualBox forwards a port on 127.0.0.1; the guest sees its NAT gateway.
-        net = ("10.0.2.0/24" if address.is_loopback
-               else str(ipaddress.ip_network(f"{address}/24", strict=False)))
+        net = (
+            "10.0.2.0/24"
+            if address.is_loopback
+            else str(ipaddress.ip_network(f"{address}/24", strict=False))
+        )
         if net not in cidrs:
             cidrs.append(net)
     firewall = dict(inv.get("firewall") or {})
@@ -535,11 +538,15 @@ def set_link(machine: str, *, up: bool) -> None:
     domain = domain_name(machine)
     listing = subprocess.run([virsh, "domiflist", domain], capture_output=True, text=True)
     if listing.returncode != 0:
-        raise OperationError(f"{machine}: virsh domiflist {domain} failed: "
-                             f"{listing.stderr.strip()}")
+        raise OperationError(
+            f"{machine}: virsh domiflist {domain} failed: {listing.stderr.strip()}"
+        )
     mac = lab_interface(listing.stdout)
-    done = subprocess.run([virsh, "domif-setlink", domain, mac, "up" if up else "down"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [virsh, "domif-setlink", domain, mac, "up" if up else "down"],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise OperationError(f"{machine}: virsh domif-setlink failed: {done.stderr.strip()}")
 
@@ -551,8 +558,10 @@ class VagrantLab:
 
     def up(self, *, peers: int, backends: int, subnet: str | None) -> Path:
         if backends != 3 or subnet is not None:
-            raise InputError("the Vagrant lab always has 3 nodes; its subnet is "
-                             "EDGEKIT_VAGRANT_SUBNET", hint="drop --backends/--subnet")
+            raise InputError(
+                "the Vagrant lab always has 3 nodes; its subnet is EDGEKIT_VAGRANT_SUBNET",
+                hint="drop --backends/--subnet",
+            )
         return up(peers=peers)
 
     def down(self) -> None:
@@ -564,8 +573,10 @@ class VagrantLab:
     def inventory(self) -> Path:
         path = inventory_path()
         if not path.is_file():
-            raise OperationError(f"{path} does not exist: no Vagrant lab is running",
-                                 hint="edgekit lab up --provider vagrant")
+            raise OperationError(
+                f"{path} does not exist: no Vagrant lab is running",
+                hint="edgekit lab up --provider vagrant",
+            )
         return path
 
     def lab_id(self) -> str | None:
@@ -576,8 +587,14 @@ class VagrantLab:
         if any(p.get("name") == host for p in inventory.get("peers", [])):
             return inventory_ssh_argv(inventory, host, command)
         _check_machine(host)  # a node: only vagrant reaches it
-        return ["env", f"VAGRANT_CWD={vagrant_dir()}", "vagrant", "ssh", host,
-                *(["-c", shlex.join(command)] if command else [])]
+        return [
+            "env",
+            f"VAGRANT_CWD={vagrant_dir()}",
+            "vagrant",
+            "ssh",
+            host,
+            *(["-c", shlex.join(command)] if command else []),
+        ]
 
     def capabilities(self) -> frozenset[Capability]:
         link = {Capability.LINK} if _provider_name() == "libvirt" else set()

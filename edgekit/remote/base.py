@@ -72,8 +72,14 @@ class Transport(ABC):
         """Close the connection; the next run opens a new one."""
 
     @abstractmethod
-    def run(self, command: str, *, sudo: bool = False, timeout: float | None = 120,
-            stdin: str | None = None) -> Result:
+    def run(
+        self,
+        command: str,
+        *,
+        sudo: bool = False,
+        timeout: float | None = 120,
+        stdin: str | None = None,
+    ) -> Result:
         """Run `command` through sh on the host."""
 
     @abstractmethod
@@ -90,14 +96,26 @@ class Transport(ABC):
         afresh, unlike an established one)."""
 
     @abstractmethod
-    def stream(self, command: str, on_line: Callable[[str], None], stop: threading.Event,
-               idle_timeout: float = 2.0) -> None:
+    def stream(
+        self,
+        command: str,
+        on_line: Callable[[str], None],
+        stop: threading.Event,
+        idle_timeout: float = 2.0,
+    ) -> None:
         """Run a long-lived command and hand each stdout line to on_line until `stop` is
         set, reconnecting when the connection dies or stalls (a host that lost its link
         or power), so a watcher outlives the fault it is watching."""
 
-    def check(self, command: str, what: str, *, sudo: bool = False,
-              timeout: float | None = 120, stdin: str | None = None) -> Result:
+    def check(
+        self,
+        command: str,
+        what: str,
+        *,
+        sudo: bool = False,
+        timeout: float | None = 120,
+        stdin: str | None = None,
+    ) -> Result:
         """run(), but a non-zero exit raises CommandError naming `what`."""
         result = self.run(command, sudo=sudo, timeout=timeout, stdin=stdin)
         if not result.ok:

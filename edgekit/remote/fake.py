@@ -50,8 +50,9 @@ class _Shared:
 
 
 class FakeHost(Transport):
-    def __init__(self, name: str, user: str = "root", *, _shared: _Shared | None = None,
-                 _connection: int = 0) -> None:
+    def __init__(
+        self, name: str, user: str = "root", *, _shared: _Shared | None = None, _connection: int = 0
+    ) -> None:
         self.name = name
         self.user = user
         self.shared = _shared or _Shared()
@@ -59,8 +60,16 @@ class FakeHost(Transport):
         self.closed = False
 
     # --- scripting -------------------------------------------------------------------
-    def on(self, pattern: str, *, exit_code: int = 0, stdout: str = "", stderr: str = "",
-           respond: Responder | None = None, times: int | None = None) -> FakeHost:
+    def on(
+        self,
+        pattern: str,
+        *,
+        exit_code: int = 0,
+        stdout: str = "",
+        stderr: str = "",
+        respond: Responder | None = None,
+        times: int | None = None,
+    ) -> FakeHost:
         """Answer commands that match `pattern` (a regular expression, searched). The
         newest matching rule wins; `times` limits how often it applies."""
         responder = respond or (lambda cmd: Result(cmd, exit_code, stdout, stderr))
@@ -98,8 +107,14 @@ class FakeHost(Transport):
     def close(self) -> None:
         self.closed = True
 
-    def run(self, command: str, *, sudo: bool = False, timeout: float | None = 120,
-            stdin: str | None = None) -> Result:
+    def run(
+        self,
+        command: str,
+        *,
+        sudo: bool = False,
+        timeout: float | None = 120,
+        stdin: str | None = None,
+    ) -> Result:
         self.connect()
         with self.shared.lock:
             self.shared.calls.append(Call(command, sudo, self.connection))
@@ -132,8 +147,13 @@ class FakeHost(Transport):
             number = self.shared.connections
         return FakeHost(self.name, self.user, _shared=self.shared, _connection=number)
 
-    def stream(self, command: str, on_line: Callable[[str], None], stop: threading.Event,
-               idle_timeout: float = 2.0) -> None:
+    def stream(
+        self,
+        command: str,
+        on_line: Callable[[str], None],
+        stop: threading.Event,
+        idle_timeout: float = 2.0,
+    ) -> None:
         for line in list(self.shared.lines):
             if stop.is_set():
                 return

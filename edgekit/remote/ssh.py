@@ -29,8 +29,9 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
     def __init__(self, known_hosts: Path) -> None:
         self.known_hosts = known_hosts
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         with self.known_hosts.open("a") as fh:
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
@@ -71,52 +72,70 @@ class SshTransport(Transport):
         return "sudo -n " if self.needs_sudo else ""
 
     def reopen(self, connect_timeout: float) -> SshTransport:
-        return SshTransport(replace(self.target, connect_timeout=min(self.target.connect_timeout,
-                                                                connect_timeout)))
+        return SshTransport(
+            replace(self.target, connect_timeout=min(self.target.connect_timeout, connect_timeout))
+        )
 
     def connect(self) -> None:
         if self._conn is not None:
             return
         t = self.target
         known = Path(os.path.expanduser(t.known_hosts or "~/.ssh/known_hosts"))
-        kwargs: dict[str, object] = {"allow_agent": True, "look_for_keys": t.identity_file is None,
-                                     "banner_timeout": t.connect_timeout,
-                                     "auth_timeout": t.connect_timeout}
+        kwargs: dict[str, object] = {
+            "allow_agent": True,
+            "look_for_keys": t.identity_file is None,
+            "banner_timeout": t.connect_timeout,
+            "auth_timeout": t.connect_timeout,
+        }
         if t.identity_file:
             key = Path(os.path.expanduser(t.identity_file))
             if not key.is_file():
                 raise HostError(t.name, f"identity file {key} does not exist")
             kwargs["key_filename"] = str(key)
-        conn = Connection(t.host, user=t.user, port=t.port, connect_timeout=t.connect_timeout,
-                          connect_kwargs=kwargs, config=Config(overrides={"load_ssh_configs":
-                                                                           False}))
+        conn = Connection(
+            t.host,
+            user=t.user,
+            port=t.port,
+            connect_timeout=t.connect_timeout,
+            connect_kwargs=kwargs,
+            config=Config(overrides={"load_ssh_configs": False}),
+        )
         # fabric trusts unknown host keys by default; edgekit checks them like ssh does.
         conn.client.get_host_keys().clear()
         if known.is_file():
             conn.client.load_host_keys(str(known))
         conn.client.set_missing_host_key_policy(
-            _AcceptNew(known) if t.accept_new else paramiko.RejectPolicy())
+            _AcceptNew(known) if t.accept_new else paramiko.RejectPolicy()
+        )
         try:
             conn.open()
         except paramiko.BadHostKeyException:
-            raise HostError(t.name, f"host key of {t.host} does not match {known} "
-                            "(possible man-in-the-middle, or the host was reinstalled)",
-                            hint=f"check it, then remove the old entry: ssh-keygen -R {t.host}"
-                            ) from None
+            raise HostError(
+                t.name,
+                f"host key of {t.host} does not match {known} "
+                "(possible man-in-the-middle, or the host was reinstalled)",
+                hint=f"check it, then remove the old entry: ssh-keygen -R {t.host}",
+            ) from None
         except paramiko.AuthenticationException:
-            raise HostError(t.name, f"SSH authentication failed for user {t.user!r} at "
-                            f"{t.host}:{t.port}",
-                            hint="check ssh.user and ssh.identity_file") from None
+            raise HostError(
+                t.name,
+                f"SSH authentication failed for user {t.user!r} at {t.host}:{t.port}",
+                hint="check ssh.user and ssh.identity_file",
+            ) from None
         except paramiko.SSHException as exc:
             if "not found in known_hosts" in str(exc):
-                raise HostError(t.name, f"host key of {t.host} is not in {known}",
-                                hint="add it, or pass --accept-new-host-keys") from None
+                raise HostError(
+                    t.name,
+                    f"host key of {t.host} is not in {known}",
+                    hint="add it, or pass --accept-new-host-keys",
+                ) from None
             raise HostError(t.name, f"SSH error at {t.host}:{t.port}: {exc}") from None
         except TimeoutError:
             raise HostError(t.name, f"connection to {t.host}:{t.port} timed out") from None
         except OSError as exc:  # refused, unreachable, NoValidConnectionsError
-            raise HostError(t.name, f"cannot connect to {t.host}:{t.port}: "
-                            f"{_connect_reason(exc)}") from None
+            raise HostError(
+                t.name, f"cannot connect to {t.host}:{t.port}: {_connect_reason(exc)}"
+            ) from None
         self._conn = conn
 
     def close(self) -> None:
@@ -124,18 +143,30 @@ class SshTransport(Transport):
             self._conn.close()
             self._conn = None
 
-    def run(self, command: str, *, sudo: bool = False, timeout: float | None = 120,
-            stdin: str | None = None) -> Result:
+    def run(
+        self,
+        command: str,
+        *,
+        sudo: bool = False,
+        timeout: float | None = 120,
+        stdin: str | None = None,
+    ) -> Result:
         """Run `command` through sh; never raises on a non-zero exit (see Result.ok)."""
         self.connect()
         assert self._conn is not None
         full = f"{self.sudo_prefix if sudo else ''}sh -c {shlex.quote(command)}"
         try:
-            r = self._conn.run(full, hide=True, warn=True, timeout=timeout, in_stream=(
-                io.StringIO(stdin) if stdin is not None else False))
+            r = self._conn.run(
+                full,
+                hide=True,
+                warn=True,
+                timeout=timeout,
+                in_stream=(io.StringIO(stdin) if stdin is not None else False),
+            )
         except CommandTimedOut:
-            raise HostError(self.name, f"command timed out after {timeout}s: "
-                            f"{command.splitlines()[0][:80]}") from None
+            raise HostError(
+                self.name, f"command timed out after {timeout}s: {command.splitlines()[0][:80]}"
+            ) from None
         except (OSError, paramiko.SSHException) as exc:
             raise HostError(self.name, f"SSH connection lost: {exc}") from None
         return Result(command, r.exited, r.stdout, r.stderr)
@@ -162,13 +193,23 @@ class SshTransport(Transport):
         except (OSError, paramiko.SSHException) as exc:
             raise HostError(self.name, f"reading {remote_path} failed: {exc}") from None
 
-    def stream(self, command: str, on_line: Callable[[str], None], stop: threading.Event,
-               idle_timeout: float = 2.0) -> None:
+    def stream(
+        self,
+        command: str,
+        on_line: Callable[[str], None],
+        stop: threading.Event,
+        idle_timeout: float = 2.0,
+    ) -> None:
         while not stop.is_set():
             self._stream_once(command, on_line, stop, idle_timeout)
 
-    def _stream_once(self, command: str, on_line: Callable[[str], None],
-                     stop: threading.Event, idle_timeout: float) -> None:
+    def _stream_once(
+        self,
+        command: str,
+        on_line: Callable[[str], None],
+        stop: threading.Event,
+        idle_timeout: float,
+    ) -> None:
         watcher = self.reopen(2.0)
         try:
             watcher.connect()
@@ -207,7 +248,8 @@ def ssh_config_hosts(text: str) -> dict[str, dict[str, Any]]:
         options = dict(config.lookup(name))
         # paramiko fills in the alias itself as the host name when none is given.
         if options.get("hostname") == name and not re.search(
-                r"(?im)^\s*hostname\b", _block(text, name)):
+            r"(?im)^\s*hostname\b", _block(text, name)
+        ):
             del options["hostname"]
         out[name] = options
     return out
@@ -219,8 +261,7 @@ def _host_names(text: str) -> list[str]:
     for line in text.splitlines():
         words = line.replace("=", " ").split()
         if words and words[0].lower() == "host":
-            names += [w for w in words[1:] if not any(c in w for c in "*?!")
-                      and w not in names]
+            names += [w for w in words[1:] if not any(c in w for c in "*?!") and w not in names]
     return names
 
 

@@ -7,11 +7,16 @@ import subprocess
 import sys
 
 
-def edgekit(*args: str, timeout: float = 300, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True,
-                          text=True, timeout=timeout,
-                          env={**os.environ, "EDGEKIT_DEBUG": "0", **(env or {})})
+def edgekit(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "EDGEKIT_DEBUG": "0", **(env or {})},
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -71,12 +71,14 @@ def assert_unchanged(lab: Any, lab_ssh: Any, before: dict[str, dict[str, str]]) 
     assert {p.name: sha256s(lab_ssh, p.name) for p in lab.peers} == before
 
 
-def test_unknown_host_key_is_refused_and_nothing_changes(lab: Any, lab_ssh: Any, base: dict,
-                                                         workdir: Path, pristine: dict) -> None:
+def test_unknown_host_key_is_refused_and_nothing_changes(
+    lab: Any, lab_ssh: Any, base: dict, workdir: Path, pristine: dict
+) -> None:
     empty = workdir / "empty_known_hosts"
     empty.write_text("")
-    inv = write_inventory(workdir, {**base, "ssh": {**base["ssh"], "known_hosts": str(empty)}},
-                          "unknown-key.yaml")
+    inv = write_inventory(
+        workdir, {**base, "ssh": {**base["ssh"], "known_hosts": str(empty)}}, "unknown-key.yaml"
+    )
     result = edgekit("deploy", "-i", str(inv), "--yes")
     assert result.returncode == 1
     line = one_line_error(result)
@@ -84,10 +86,10 @@ def test_unknown_host_key_is_refused_and_nothing_changes(lab: Any, lab_ssh: Any,
     assert_unchanged(lab, lab_ssh, pristine)
 
 
-def test_refused_ssh_is_one_line_naming_the_host(lab: Any, lab_ssh: Any, base: dict,
-                                                 workdir: Path, pristine: dict) -> None:
-    inv = write_inventory(workdir, {**base, "ssh": {**base["ssh"], "port": 2222}},
-                          "refused.yaml")
+def test_refused_ssh_is_one_line_naming_the_host(
+    lab: Any, lab_ssh: Any, base: dict, workdir: Path, pristine: dict
+) -> None:
+    inv = write_inventory(workdir, {**base, "ssh": {**base["ssh"], "port": 2222}}, "refused.yaml")
     result = edgekit("deploy", "-i", str(inv), "--yes")
     assert result.returncode == 1
     line = one_line_error(result)
@@ -95,10 +97,12 @@ def test_refused_ssh_is_one_line_naming_the_host(lab: Any, lab_ssh: Any, base: d
     assert_unchanged(lab, lab_ssh, pristine)
 
 
-def test_wrong_user_is_one_line_naming_the_host(lab: Any, lab_ssh: Any, base: dict,
-                                                workdir: Path, pristine: dict) -> None:
-    inv = write_inventory(workdir, {**base, "ssh": {**base["ssh"], "user": "nobody-here"}},
-                          "wrong-user.yaml")
+def test_wrong_user_is_one_line_naming_the_host(
+    lab: Any, lab_ssh: Any, base: dict, workdir: Path, pristine: dict
+) -> None:
+    inv = write_inventory(
+        workdir, {**base, "ssh": {**base["ssh"], "user": "nobody-here"}}, "wrong-user.yaml"
+    )
     result = edgekit("deploy", "-i", str(inv), "--yes")
     assert result.returncode == 1
     line = one_line_error(result)
@@ -106,16 +110,21 @@ def test_wrong_user_is_one_line_naming_the_host(lab: Any, lab_ssh: Any, base: di
     assert_unchanged(lab, lab_ssh, pristine)
 
 
-def test_missing_sudo_is_one_line_naming_the_host(lab: Any, lab_ssh: Any, base: dict,
-                                                  workdir: Path, pristine: dict) -> None:
+def test_missing_sudo_is_one_line_naming_the_host(
+    lab: Any, lab_ssh: Any, base: dict, workdir: Path, pristine: dict
+) -> None:
     # A user that may log in with the lab key but has no sudo rights.
     for p in lab.peers:
-        r = lab_ssh(p.name, "id nosudo >/dev/null 2>&1 || { sudo useradd -m -s /bin/sh nosudo"
-                    " && sudo install -d -o nosudo -m 700 /home/nosudo/.ssh && sudo install"
-                    " -o nosudo -m 600 ~/.ssh/authorized_keys /home/nosudo/.ssh/; }")
+        r = lab_ssh(
+            p.name,
+            "id nosudo >/dev/null 2>&1 || { sudo useradd -m -s /bin/sh nosudo"
+            " && sudo install -d -o nosudo -m 700 /home/nosudo/.ssh && sudo install"
+            " -o nosudo -m 600 ~/.ssh/authorized_keys /home/nosudo/.ssh/; }",
+        )
         assert r.returncode == 0, r.stderr
-    inv = write_inventory(workdir, {**base, "ssh": {**base["ssh"], "user": "nosudo"}},
-                          "nosudo.yaml")
+    inv = write_inventory(
+        workdir, {**base, "ssh": {**base["ssh"], "user": "nosudo"}}, "nosudo.yaml"
+    )
     result = edgekit("deploy", "-i", str(inv), "--yes")
     assert result.returncode == 1
     line = one_line_error(result)
@@ -126,8 +135,9 @@ def test_missing_sudo_is_one_line_naming_the_host(lab: Any, lab_ssh: Any, base: 
 # --- converge, converge again ---------------------------------------------------------
 
 
-def test_dry_run_shows_pending_changes_with_exit_3(lab: Any, lab_ssh: Any, two_nodes: Path,
-                                                   pristine: dict) -> None:
+def test_dry_run_shows_pending_changes_with_exit_3(
+    lab: Any, lab_ssh: Any, two_nodes: Path, pristine: dict
+) -> None:
     result = edgekit("deploy", "-i", str(two_nodes), "--dry-run")
     assert result.returncode == 3, result.stderr
     assert "+++ /etc/haproxy/haproxy.cfg (rendered)" in result.stdout
@@ -138,7 +148,8 @@ def test_dry_run_shows_pending_changes_with_exit_3(lab: Any, lab_ssh: Any, two_n
 
 
 def test_first_deploy_gives_one_holder_and_traffic_through_the_vip(
-        lab: Any, lab_ssh: Any, two_nodes: Path) -> None:
+    lab: Any, lab_ssh: Any, two_nodes: Path
+) -> None:
     result = edgekit("deploy", "-i", str(two_nodes), "--yes", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -153,8 +164,7 @@ def haproxy_pids(lab_ssh: Any, host: str) -> list[str]:
     return sorted(lab_ssh(host, "pgrep -x haproxy").stdout.split())
 
 
-def test_second_deploy_changes_and_reloads_nothing(lab: Any, lab_ssh: Any,
-                                                   two_nodes: Path) -> None:
+def test_second_deploy_changes_and_reloads_nothing(lab: Any, lab_ssh: Any, two_nodes: Path) -> None:
     before = {p.name: haproxy_pids(lab_ssh, p.name) for p in lab.peers}
     assert all(len(v) >= 2 for v in before.values())  # master and worker
     result = edgekit("deploy", "-i", str(two_nodes), "--yes")
@@ -169,18 +179,17 @@ def test_status_is_healthy_after_deploy(two_nodes: Path) -> None:
     assert result.returncode == 0, result.stdout
     data = json.loads(result.stdout)
     assert data["healthy"] and data["verdict"] == "healthy"
-    assert all(s == "UP" for p in data["peers"] for b in p["servers"].values()
-               for s in b.values())
+    assert all(s == "UP" for p in data["peers"] for b in p["servers"].values() for s in b.values())
 
 
 # --- change under traffic -------------------------------------------------------------
 
 
-def test_backend_change_under_traffic_fails_no_request(lab: Any, lab_ssh: Any,
-                                                       base: dict, workdir: Path) -> None:
+def test_backend_change_under_traffic_fails_no_request(
+    lab: Any, lab_ssh: Any, base: dict, workdir: Path
+) -> None:
     three = write_inventory(workdir, base, "three-nodes.yaml")
-    prober = Prober([Target("http", lab.vip, 80, http=True)], interval=0.04,
-                    timeout=1.0).start()
+    prober = Prober([Target("http", lab.vip, 80, http=True)], interval=0.04, timeout=1.0).start()
     time.sleep(1.0)
     result = edgekit("deploy", "-i", str(three), "--yes")
     time.sleep(1.0)
@@ -192,13 +201,16 @@ def test_backend_change_under_traffic_fails_no_request(lab: Any, lab_ssh: Any,
     duration = probes[-1].t - probes[0].t
     assert len(probes) / duration >= 20
     assert [p for p in probes if not p.ok] == []
-    served = {urllib.request.urlopen(f"http://{lab.vip}/", timeout=3).read().decode().strip()
-              for _ in range(12)}
+    served = {
+        urllib.request.urlopen(f"http://{lab.vip}/", timeout=3).read().decode().strip()
+        for _ in range(12)
+    }
     assert "node3" in served
 
 
 def test_change_failing_validation_keeps_old_files_and_stops(
-        lab: Any, lab_ssh: Any, base: dict, workdir: Path) -> None:
+    lab: Any, lab_ssh: Any, base: dict, workdir: Path
+) -> None:
     before = {p.name: sha256s(lab_ssh, p.name) for p in lab.peers}
     data = json.loads(json.dumps(base))
     data["services"][0]["haproxy_options"] = ["no-such-haproxy-keyword on"]
@@ -217,8 +229,9 @@ def test_change_failing_validation_keeps_old_files_and_stops(
 # --- status: drift and split brain ----------------------------------------------------
 
 
-def test_status_reports_drift_when_a_live_file_is_edited(lab: Any, lab_ssh: Any,
-                                                         base: dict, workdir: Path) -> None:
+def test_status_reports_drift_when_a_live_file_is_edited(
+    lab: Any, lab_ssh: Any, base: dict, workdir: Path
+) -> None:
     inv = write_inventory(workdir, base, "three-nodes.yaml")
     lab_ssh("proxy2", "echo '# hand edit' | sudo tee -a /etc/haproxy/haproxy.cfg >/dev/null")
     try:
@@ -231,7 +244,8 @@ def test_status_reports_drift_when_a_live_file_is_edited(lab: Any, lab_ssh: Any,
 
 
 def test_status_reports_split_brain_when_the_vip_is_on_two_peers(
-        lab: Any, lab_ssh: Any, base: dict, workdir: Path) -> None:
+    lab: Any, lab_ssh: Any, base: dict, workdir: Path
+) -> None:
     inv = write_inventory(workdir, base, "three-nodes.yaml")
     data = json.loads(edgekit("status", "-i", str(inv), "--json").stdout)
     holder = data["vip_holders"][lab.vip][0]
@@ -250,20 +264,32 @@ def test_status_reports_split_brain_when_the_vip_is_on_two_peers(
 
 
 def test_every_failover_scenario_passes_with_the_default_config(
-        lab: Any, base: dict, workdir: Path, tmp_path: Path) -> None:
+    lab: Any, base: dict, workdir: Path, tmp_path: Path
+) -> None:
     # A copy of the lab's inventory elsewhere: the lab is known by the marker it wrote
     # into the file, not by the path, so host-down still gets the lab's power control.
     inv = tmp_path / "copy-of-the-lab.yaml"
     inv.write_text(Path(lab.inventory).read_text())
     assert edgekit("deploy", "-i", str(inv), "--yes").returncode == 0
-    result = edgekit("failover-test", "-i", str(inv), "--json", "--report",
-                     str(tmp_path / "report"), timeout=600)
+    result = edgekit(
+        "failover-test", "-i", str(inv), "--json", "--report", str(tmp_path / "report"), timeout=600
+    )
     data = json.loads(result.stdout)
     names = [s["name"] for s in data["scenarios"]]
     assert names == ["graceful", "haproxy-down", "keepalived-crash", "link-down", "host-down"]
     for s in data["scenarios"]:
-        assert s["passed"], {k: s[k] for k in ("name", "outage_s", "vip_move_s", "holder",
-                                               "split_brain_s", "recovered", "error")}
+        assert s["passed"], {
+            k: s[k]
+            for k in (
+                "name",
+                "outage_s",
+                "vip_move_s",
+                "holder",
+                "split_brain_s",
+                "recovered",
+                "error",
+            )
+        }
         assert s["outage_s"] <= s["budget_s"] and s["recovered"]
         assert not s["lasting_split_brain"]
         assert s["total_probes"] >= 20 * 3  # >= 20 probes a second over several seconds
@@ -282,8 +308,11 @@ def test_no_spurious_failover_with_both_cores_saturated_for_60s(lab: Any) -> Non
     try:
         time.sleep(2)
         # Both of the machine's cores: the proxies are containers on it.
-        stress = subprocess.run(["stress-ng", "--cpu", str(os.cpu_count() or 2),
-                                 "--timeout", "60s", "--quiet"], timeout=120, check=False)
+        stress = subprocess.run(
+            ["stress-ng", "--cpu", str(os.cpu_count() or 2), "--timeout", "60s", "--quiet"],
+            timeout=120,
+            check=False,
+        )
         assert stress.returncode == 0
         time.sleep(1)
     finally:
@@ -291,6 +320,6 @@ def test_no_spurious_failover_with_both_cores_saturated_for_60s(lab: Any) -> Non
         samples = watcher.stop()
         close_all(hosts)
     timeline = holder_timeline(samples, [p.name for p in lab.peers])
-    assert timeline and all(len(h) == 1 for _, h in timeline[len(timeline) // 50:])
-    assert transitions(timeline[len(timeline) // 50:]) == 0
+    assert timeline and all(len(h) == 1 for _, h in timeline[len(timeline) // 50 :])
+    assert transitions(timeline[len(timeline) // 50 :]) == 0
     assert [p for p in probes if not p.ok] == []

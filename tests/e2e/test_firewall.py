@@ -38,8 +38,12 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 GOOD = sorted((DATA / "good").glob("*.yaml"))
 IDS = [p.stem for p in GOOD]
 STRONG = "Zq8-vLm3pRt7xW"
-MANAGED = ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf", firewall.RULESET,
-           firewall.UNIT_PATH)
+MANAGED = (
+    "/etc/haproxy/haproxy.cfg",
+    "/etc/keepalived/keepalived.conf",
+    firewall.RULESET,
+    firewall.UNIT_PATH,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +54,7 @@ def _secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _run(argv: list[str], timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          **kw)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
 def _netns_exists(name: str) -> bool:
@@ -85,10 +88,12 @@ def nft_check(ns: str, text: str, tmp_path: Path) -> subprocess.CompletedProcess
 
 # --- nft -c rejects nothing edgekit renders ---------------------------------------------
 
+
 @pytest.mark.binaries
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
-def test_nft_accepts_every_rendered_proxy_ruleset(path: Path, scratch_ns: str,
-                                                  tmp_path: Path) -> None:
+def test_nft_accepts_every_rendered_proxy_ruleset(
+    path: Path, scratch_ns: str, tmp_path: Path
+) -> None:
     files = render.render_all(load_inventory(path))
     for peer, peer_files in files.items():
         text = next(f.content for f in peer_files if f.path == firewall.RULESET)
@@ -99,8 +104,7 @@ def test_nft_accepts_every_rendered_proxy_ruleset(path: Path, scratch_ns: str,
 
 @pytest.mark.binaries
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
-def test_nft_accepts_every_rendered_node_fence(path: Path, scratch_ns: str,
-                                               tmp_path: Path) -> None:
+def test_nft_accepts_every_rendered_node_fence(path: Path, scratch_ns: str, tmp_path: Path) -> None:
     fence = render.render_nodes(load_inventory(path))[0]
     result = nft_check(scratch_ns, fence.content, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -109,15 +113,18 @@ def test_nft_accepts_every_rendered_node_fence(path: Path, scratch_ns: str,
 @pytest.mark.binaries
 def test_nft_check_rejects_a_broken_ruleset(scratch_ns: str, tmp_path: Path) -> None:
     loaded = load_inventory(DATA / "good" / "issue-example.yaml")
-    text = next(f.content for f in render.render_peer(loaded, "proxy1")
-                if f.path == firewall.RULESET)
+    text = next(
+        f.content for f in render.render_peer(loaded, "proxy1") if f.path == firewall.RULESET
+    )
     assert nft_check(scratch_ns, text, tmp_path).returncode == 0  # the same text, unbroken
-    bad = nft_check(scratch_ns, text.replace("ip protocol 112 accept", "ip protocol 112 acept"),
-                    tmp_path)
+    bad = nft_check(
+        scratch_ns, text.replace("ip protocol 112 accept", "ip protocol 112 acept"), tmp_path
+    )
     assert bad.returncode != 0 and "acept" in bad.stderr
     fence = render.render_nodes(loaded)[0].content
-    bad = nft_check(scratch_ns, fence.replace("fib daddr type local", "fib daddr type locale"),
-                    tmp_path)
+    bad = nft_check(
+        scratch_ns, fence.replace("fib daddr type local", "fib daddr type locale"), tmp_path
+    )
     assert bad.returncode != 0
 
 
@@ -125,16 +132,23 @@ def test_nft_check_rejects_a_broken_ruleset(scratch_ns: str, tmp_path: Path) -> 
 def test_reloading_replaces_only_the_edgekit_table(scratch_ns: str, tmp_path: Path) -> None:
     loaded = load_inventory(DATA / "good" / "sticky.yaml")
     path = tmp_path / "firewall.nft"
-    path.write_text(next(f.content for f in render.render_peer(loaded, "lb1")
-                         if f.path == firewall.RULESET))
-    other = "table inet other {\n  chain c {\n    type filter hook input priority 10;\n" \
-            "    tcp dport 7 accept\n  }\n}\n"
+    path.write_text(
+        next(f.content for f in render.render_peer(loaded, "lb1") if f.path == firewall.RULESET)
+    )
+    other = (
+        "table inet other {\n  chain c {\n    type filter hook input priority 10;\n"
+        "    tcp dport 7 accept\n  }\n}\n"
+    )
     assert nft(scratch_ns, "-f", "-", stdin=other).returncode == 0
     assert nft(scratch_ns, "-f", str(path)).returncode == 0
     first = nft(scratch_ns, "-s", "list", "table", "inet", "edgekit").stdout
     # A hand-added rule goes with the next load; the other table stays as it was.
-    assert nft(scratch_ns, "add", "rule", "inet", "edgekit", "input", "tcp", "dport", "9",
-               "accept").returncode == 0
+    assert (
+        nft(
+            scratch_ns, "add", "rule", "inet", "edgekit", "input", "tcp", "dport", "9", "accept"
+        ).returncode
+        == 0
+    )
     assert nft(scratch_ns, "-f", str(path)).returncode == 0
     assert nft(scratch_ns, "-s", "list", "table", "inet", "edgekit").stdout == first
     assert "dport 7 accept" in nft(scratch_ns, "list", "table", "inet", "other").stdout
@@ -145,10 +159,14 @@ def test_reloading_replaces_only_the_edgekit_table(scratch_ns: str, tmp_path: Pa
         assert nft(scratch_ns, "-f", str(fence)).returncode == 0
     tables = nft(scratch_ns, "list", "tables").stdout.split("\n")
     assert sorted(t.strip() for t in tables if t.strip()) == [
-        "table inet edgekit", "table inet edgekit_nodeport_fence", "table inet other"]
+        "table inet edgekit",
+        "table inet edgekit_nodeport_fence",
+        "table inet other",
+    ]
 
 
 # --- in the lab ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def base(lab: Any) -> dict[str, Any]:
@@ -182,16 +200,33 @@ class Outsider:
     address: str
 
     def connects(self, host: str, port: int, timeout: float = 2.0) -> bool:
-        code = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], "
-                "int(sys.argv[2])), timeout=float(sys.argv[3])).close(); print('ok')\n"
-                "except OSError as e: print('refused', e)")
-        out = _run(["ip", "netns", "exec", self.netns, sys.executable, "-c", code, host,
-                    str(port), str(timeout)], timeout=timeout + 30).stdout
+        code = (
+            "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], "
+            "int(sys.argv[2])), timeout=float(sys.argv[3])).close(); print('ok')\n"
+            "except OSError as e: print('refused', e)"
+        )
+        out = _run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                sys.executable,
+                "-c",
+                code,
+                host,
+                str(port),
+                str(timeout),
+            ],
+            timeout=timeout + 30,
+        ).stdout
         return out.startswith("ok")
 
     def http_get(self, url: str) -> str:
-        code = ("import sys,urllib.request\n"
-                "print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())")
+        code = (
+            "import sys,urllib.request\n"
+            "print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+        )
         result = _run(["ip", "netns", "exec", self.netns, sys.executable, "-c", code, url])
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
@@ -206,12 +241,14 @@ def outsider(lab: Any) -> Iterator[Outsider]:
     net = ipaddress.ip_network(lab.subnet)
     address = str(net.network_address + 250)
     ns, veth = f"ektest-fw-{uuid.uuid4().hex[:6]}", f"ekfw{uuid.uuid4().hex[:6]}"
-    steps = [["ip", "netns", "add", ns],
-             ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
-             ["ip", "link", "set", veth, "master", lab.bridge, "up"],
-             ["ip", "-n", ns, "addr", "add", f"{address}/{net.prefixlen}", "dev", "eth0"],
-             ["ip", "-n", ns, "link", "set", "eth0", "up"],
-             ["ip", "-n", ns, "link", "set", "lo", "up"]]
+    steps = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
+        ["ip", "link", "set", veth, "master", lab.bridge, "up"],
+        ["ip", "-n", ns, "addr", "add", f"{address}/{net.prefixlen}", "dev", "eth0"],
+        ["ip", "-n", ns, "link", "set", "eth0", "up"],
+        ["ip", "-n", ns, "link", "set", "lo", "up"],
+    ]
     try:
         for step in steps:
             result = _run(step)
@@ -246,8 +283,20 @@ def status(inventory: Path) -> dict[str, Any]:
 
 
 def dropped(lab: Any, name: str) -> int:
-    text = _run(["ip", "netns", "exec", proxy_ns(lab, name), "nft", "list", "counter", "inet",
-                 "edgekit", "dropped"]).stdout
+    text = _run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            proxy_ns(lab, name),
+            "nft",
+            "list",
+            "counter",
+            "inet",
+            "edgekit",
+            "dropped",
+        ]
+    ).stdout
     match = re.search(r"\bpackets (\d+) bytes", text)
     assert match, text
     return int(match.group(1))
@@ -263,16 +312,15 @@ def test_deploy_loads_the_default_firewall_on_every_peer(lab: Any, lab_ssh: Any)
     assert data["healthy"], data["problems"]
     assert [p["firewall"] for p in data["peers"]] == ["loaded"] * len(lab.peers)
     for p in lab.peers:
-        assert lab_ssh(p.name, f"systemctl is-enabled {firewall.UNIT}").stdout.strip() == \
-            "enabled"
-        listing = _run(["ip", "netns", "exec", p.netns, "nft", "list", "table", "inet",
-                        "edgekit"])
+        assert lab_ssh(p.name, f"systemctl is-enabled {firewall.UNIT}").stdout.strip() == "enabled"
+        listing = _run(["ip", "netns", "exec", p.netns, "nft", "list", "table", "inet", "edgekit"])
         assert listing.returncode == 0 and "policy drop" in listing.stdout
 
 
 @pytest.mark.lab
 def test_a_client_inside_the_default_admin_cidrs_reaches_ssh_and_stats(
-        lab: Any, outsider: Outsider) -> None:
+    lab: Any, outsider: Outsider
+) -> None:
     # The control for the refusals below: the same client, the default firewall.
     peer = lab.peers[0].address
     assert outsider.connects(peer, 22) and outsider.connects(peer, lab.stats_port)
@@ -282,8 +330,8 @@ def test_a_client_inside_the_default_admin_cidrs_reaches_ssh_and_stats(
 
 @pytest.mark.lab
 def test_deploy_from_outside_admin_cidrs_is_refused_before_any_host_changes(
-        lab: Any, lab_ssh: Any, base: dict[str, Any], workdir: Path, outsider: Outsider
-        ) -> None:
+    lab: Any, lab_ssh: Any, base: dict[str, Any], workdir: Path, outsider: Outsider
+) -> None:
     before = snapshot(lab, lab_ssh)
     data = copy.deepcopy(base)
     data["firewall"] = {"admin_cidrs": [f"{outsider.address}/32"]}
@@ -300,7 +348,8 @@ def test_deploy_from_outside_admin_cidrs_is_refused_before_any_host_changes(
 
 @pytest.mark.lab
 def test_outside_client_is_refused_by_narrowed_service_ssh_and_stats(
-        lab: Any, lab_ssh: Any, narrowed: Path, outsider: Outsider) -> None:
+    lab: Any, lab_ssh: Any, narrowed: Path, outsider: Outsider
+) -> None:
     result = edgekit("deploy", "-i", str(narrowed), "--yes", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["services"][f"kubernetes-api@{lab.vip}:6443"] is True
@@ -326,10 +375,27 @@ def test_outside_client_is_refused_by_narrowed_service_ssh_and_stats(
 
 @pytest.mark.lab
 def test_status_reports_a_hand_edited_table_and_deploy_loads_it_again(
-        lab: Any, narrowed: Path) -> None:
+    lab: Any, narrowed: Path
+) -> None:
     ns = proxy_ns(lab, "proxy2")
-    added = _run(["ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "edgekit", "input",
-                  "tcp", "dport", "2323", "accept"])
+    added = _run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "edgekit",
+            "input",
+            "tcp",
+            "dport",
+            "2323",
+            "accept",
+        ]
+    )
     assert added.returncode == 0, added.stderr
     data = status(narrowed)
     assert not data["healthy"]
@@ -345,11 +411,13 @@ def test_status_reports_a_hand_edited_table_and_deploy_loads_it_again(
 
 @pytest.mark.lab
 def test_a_ruleset_that_cuts_the_deploys_ssh_is_rolled_back_by_the_host(
-        lab: Any, lab_ssh: Any, narrowed: Path) -> None:
+    lab: Any, lab_ssh: Any, narrowed: Path
+) -> None:
     before = snapshot(lab, lab_ssh)
     started = time.monotonic()
-    result = edgekit("deploy", "-i", str(narrowed), "--yes",
-                     env={confirm.LOCKOUT_ENV: "1"}, timeout=240)
+    result = edgekit(
+        "deploy", "-i", str(narrowed), "--yes", env={confirm.LOCKOUT_ENV: "1"}, timeout=240
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stderr
     line = one_line_error(result)
@@ -369,9 +437,12 @@ def _on_host(lab_ssh: Any, host: str, script: str, shim: bool) -> str:
     """Run a script as root on a lab proxy; with `shim`, systemd-run fails there."""
     encoded = base64.b64encode(script.encode()).decode()
     path = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
-    prefix = ("mkdir -p /tmp/ektest-shim && printf '#!/bin/sh\\nexit 1\\n' > "
-              "/tmp/ektest-shim/systemd-run && chmod +x /tmp/ektest-shim/systemd-run && "
-              if shim else "")
+    prefix = (
+        "mkdir -p /tmp/ektest-shim && printf '#!/bin/sh\\nexit 1\\n' > "
+        "/tmp/ektest-shim/systemd-run && chmod +x /tmp/ektest-shim/systemd-run && "
+        if shim
+        else ""
+    )
     if shim:
         path = "PATH=/tmp/ektest-shim:/usr/sbin:/usr/bin:/sbin:/bin"
     result = lab_ssh(host, f"{prefix}echo {encoded} | base64 -d | sudo env {path} sh")
@@ -382,7 +453,8 @@ def _on_host(lab_ssh: Any, host: str, script: str, shim: bool) -> str:
 @pytest.mark.lab
 @pytest.mark.parametrize("shim", [False, True], ids=["systemd-run", "setsid-fallback"])
 def test_rollback_timer_fires_after_the_window_and_can_be_cancelled(
-        lab: Any, lab_ssh: Any, shim: bool) -> None:
+    lab: Any, lab_ssh: Any, shim: bool
+) -> None:
     # No files to restore ("true"), and the table it restores is the one loaded now: the
     # host ends up as it was, with the marker the rollback leaves.
     host, ns = lab.peers[0].name, lab.peers[0].netns
@@ -416,8 +488,10 @@ def test_the_firewall_is_loaded_again_at_boot(lab: Any, lab_ssh: Any, narrowed: 
         # host's own boot can bring the table back.
         gone = _run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "edgekit"])
         assert gone.returncode == 0, gone.stderr
-        assert _run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet",
-                     "edgekit"]).returncode != 0
+        assert (
+            _run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "edgekit"]).returncode
+            != 0
+        )
     finally:
         local.start_host("proxy2")
     listing = _run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "edgekit"])
@@ -434,10 +508,15 @@ def test_the_firewall_is_loaded_again_at_boot(lab: Any, lab_ssh: Any, narrowed: 
 
 @pytest.mark.lab
 def test_enabled_false_removes_the_edgekit_firewall_and_nothing_else(
-        lab: Any, lab_ssh: Any, base: dict[str, Any], workdir: Path) -> None:
+    lab: Any, lab_ssh: Any, base: dict[str, Any], workdir: Path
+) -> None:
     for p in lab.peers:  # someone else's table, which must survive
-        assert _run(["ip", "netns", "exec", p.netns, "nft", "add", "table", "inet",
-                     "theirs"]).returncode == 0
+        assert (
+            _run(
+                ["ip", "netns", "exec", p.netns, "nft", "add", "table", "inet", "theirs"]
+            ).returncode
+            == 0
+        )
     data = copy.deepcopy(base)
     data["firewall"] = {"enabled": False}
     off = write_inventory(workdir, data, "firewall-off.yaml")
@@ -468,11 +547,20 @@ def test_every_failover_scenario_passes_with_the_firewall_on(lab: Any) -> None:
     names = [s["name"] for s in data["scenarios"]]
     assert names == ["graceful", "haproxy-down", "keepalived-crash", "link-down", "host-down"]
     for s in data["scenarios"]:
-        assert s["passed"], {k: s[k] for k in ("name", "outage_s", "vip_move_s", "holder",
-                                               "split_brain_s", "recovered", "error")}
+        assert s["passed"], {
+            k: s[k]
+            for k in (
+                "name",
+                "outage_s",
+                "vip_move_s",
+                "holder",
+                "split_brain_s",
+                "recovered",
+                "error",
+            )
+        }
         assert not s["lasting_split_brain"]
     assert data["passed"] and result.returncode == 0
     after = status(inv)
     assert after["healthy"], after["problems"]
     assert [p["firewall"] for p in after["peers"]] == ["loaded"] * len(lab.peers)
-

@@ -503,3 +503,18 @@ def test_killed_host_is_gone_at_once_and_boots_again_with_the_same_identity(
     assert after.returncode == 0, after.stderr
     assert after.stdout == before
     assert local.host_pid(peer.name) != old_pid
+
+
+def test_the_provider_cuts_and_restores_a_hosts_link_from_outside(lab: LabInfo) -> None:
+    from edgekit.lab.local import LocalLab
+    from edgekit.net import tcp_answers
+
+    provider = LocalLab()
+    peer = lab.peers[-1]
+    assert tcp_answers(peer.address, 22, timeout=3.0)
+    provider.link_down(peer.name)
+    try:
+        assert not tcp_answers(peer.address, 22, timeout=1.0)
+    finally:
+        provider.link_up(peer.name)
+    assert tcp_answers(peer.address, 22, timeout=5.0)

@@ -39,24 +39,46 @@ def inventory(tmp_path: Path, *, firewall: bool = False) -> Loaded:
     return load_inventory(path)
 
 
-def facts_text(address: str, *, holds_vip: bool, files: dict[str, str | None],
-               state: str = "BACKUP") -> str:
+def facts_text(
+    address: str, *, holds_vip: bool, files: dict[str, str | None], state: str = "BACKUP"
+) -> str:
     addrs = [{"family": "inet", "local": address, "prefixlen": 24}]
     if holds_vip:
         addrs.append({"family": "inet", "local": "10.10.0.100", "prefixlen": 24})
-    lines = ["@os", "debian 12", "@packages", "haproxy installed", "keepalived installed",
-             "@addresses", json.dumps([{"ifname": "eth1", "addr_info": addrs}]), "@files"]
+    lines = [
+        "@os",
+        "debian 12",
+        "@packages",
+        "haproxy installed",
+        "keepalived installed",
+        "@addresses",
+        json.dumps([{"ifname": "eth1", "addr_info": addrs}]),
+        "@files",
+    ]
     for path, content in files.items():
-        lines.append(f"{path} -" if content is None else
-                     f"{path} 644 root:root {base64.b64encode(content.encode()).decode()}")
-    lines += ["@units", "haproxy active enabled", "keepalived active enabled",
-              "@haproxy", "4242", "4242 4250", "@vrrp",
-              f"VI_51 {'MASTER' if holds_vip else state}", "@firewall", "@end"]
+        lines.append(
+            f"{path} -"
+            if content is None
+            else f"{path} 644 root:root {base64.b64encode(content.encode()).decode()}"
+        )
+    lines += [
+        "@units",
+        "haproxy active enabled",
+        "keepalived active enabled",
+        "@haproxy",
+        "4242",
+        "4242 4250",
+        "@vrrp",
+        f"VI_51 {'MASTER' if holds_vip else state}",
+        "@firewall",
+        "@end",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def proxy(name: str, address: str, *, holds_vip: bool = False,
-          files: dict[str, str | None] | None = None) -> FakeHost:
+def proxy(
+    name: str, address: str, *, holds_vip: bool = False, files: dict[str, str | None] | None = None
+) -> FakeHost:
     """A Debian proxy with haproxy and keepalived running; of edgekit's files it has
     only `files` (a file the fact script is not told about reads as absent)."""
     host = FakeHost(name)
@@ -69,5 +91,7 @@ def proxy(name: str, address: str, *, holds_vip: bool = False,
 
 
 def cluster(holder: str = "proxy1") -> dict[str, FakeHost]:
-    return {f"proxy{i}": proxy(f"proxy{i}", f"10.10.0.1{i}", holds_vip=f"proxy{i}" == holder)
-            for i in (1, 2, 3)}
+    return {
+        f"proxy{i}": proxy(f"proxy{i}", f"10.10.0.1{i}", holds_vip=f"proxy{i}" == holder)
+        for i in (1, 2, 3)
+    }

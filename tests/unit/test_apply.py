@@ -25,11 +25,9 @@ def scripted() -> FakeHost:
 
 
 def apply(host: FakeHost) -> None:
-    facts = HostFacts(units=dict(UNITS), files={CFG: LiveFile(CFG, "old\n", 0o644,
-                                                              "root:root")})
+    facts = HostFacts(units=dict(UNITS), files={CFG: LiveFile(CFG, "old\n", 0o644, "root:root")})
     plan = plan_host(host.name, FILES, facts)
-    apply_host(host, host.name, plan, FILES, facts, ["VI_51"], 8404, lambda _m: None,
-               timing=FAST)
+    apply_host(host, host.name, plan, FILES, facts, ["VI_51"], 8404, lambda _m: None, timing=FAST)
 
 
 def test_a_config_that_fails_validation_is_never_installed() -> None:

@@ -22,13 +22,13 @@ WINDOW, RECONNECT = 0.4, 0.2
 
 
 def load(host: FakeHost) -> confirm.LoadOutcome:
-    return confirm.load_confirmed(host, "true", lambda _m: None, window=WINDOW,
-                                  reconnect=RECONNECT)
+    return confirm.load_confirmed(host, "true", lambda _m: None, window=WINDOW, reconnect=RECONNECT)
 
 
 def cut_off_after_load(host: FakeHost, back_after: float | None) -> None:
     """The new ruleset cuts this machine off; the host's own timer restores the old one
     (and lets us in again) `back_after` seconds later, or never."""
+
     def cut(command: str) -> Result:
         host.set_reachable(False)
         if back_after is not None:
@@ -79,7 +79,8 @@ def test_a_host_that_never_comes_back_is_reported_unreachable() -> None:
 
 
 def test_a_host_that_restored_itself_stops_the_rollout_untouched(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EDGEKIT_STATS_PASSWORD", simhost.PASSWORD)
     hosts = simhost.cluster()
     for host in hosts.values():
@@ -94,6 +95,6 @@ def test_a_host_that_restored_itself_stops_the_rollout_untouched(
 
     assert report.failed == "proxy2" and "by itself" in (report.error or "")
     # deploy does not touch that host again: no reload, no rollback of its own.
-    after = hosts["proxy2"].commands()[hosts["proxy2"].index(LOAD) + 1:]
+    after = hosts["proxy2"].commands()[hosts["proxy2"].index(LOAD) + 1 :]
     assert not any("systemctl reload haproxy" in c or RESTORE[1:] in c for c in after)
     assert not hosts["proxy3"].ran(INSTALL) and not hosts["proxy1"].ran(INSTALL)

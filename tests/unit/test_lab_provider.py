@@ -14,8 +14,19 @@ from edgekit.lab.base import Capability, FaultDriver, NoFaults, marker_line, rea
 from edgekit.lab.local import LocalLab
 from edgekit.lab.vagrant import VagrantLab, lab_interface
 
-PROVIDER_METHODS = ("up", "down", "status", "inventory", "lab_id", "ssh_argv",
-                    "capabilities", "power_off", "power_on", "link_down", "link_up")
+PROVIDER_METHODS = (
+    "up",
+    "down",
+    "status",
+    "inventory",
+    "lab_id",
+    "ssh_argv",
+    "capabilities",
+    "power_off",
+    "power_on",
+    "link_down",
+    "link_up",
+)
 
 
 @pytest.mark.parametrize("cls", [LocalLab, VagrantLab])
@@ -42,18 +53,28 @@ def vagrant_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (state / "lab-id").write_text("f00d\n")
     inventory = {
         "cluster": "vagrant-lab",
-        "peers": [{"name": "edge1", "address": "192.168.56.11", "ssh_host": "192.168.124.7",
-                   "ssh_port": 22}],
-        "ssh": {"user": "vagrant", "identity_file": str(state / "id_ed25519"),
-                "known_hosts": str(state / "known_hosts")},
+        "peers": [
+            {
+                "name": "edge1",
+                "address": "192.168.56.11",
+                "ssh_host": "192.168.124.7",
+                "ssh_port": 22,
+            }
+        ],
+        "ssh": {
+            "user": "vagrant",
+            "identity_file": str(state / "id_ed25519"),
+            "known_hosts": str(state / "known_hosts"),
+        },
     }
     (state / "edge.yaml").write_text(marker_line("vagrant", "f00d") + yaml.safe_dump(inventory))
     monkeypatch.setenv("EDGEKIT_VAGRANT_DIR", str(tmp_path))
     return state / "edge.yaml"
 
 
-def test_a_copy_of_the_lab_inventory_anywhere_is_traced_to_the_lab(vagrant_lab: Path,
-                                                                  tmp_path: Path) -> None:
+def test_a_copy_of_the_lab_inventory_anywhere_is_traced_to_the_lab(
+    vagrant_lab: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "elsewhere" / "my-edge.yaml"
     copy.parent.mkdir()
     copy.write_text(vagrant_lab.read_text())
@@ -68,7 +89,8 @@ def test_an_inventory_of_a_lab_that_was_replaced_is_not_traced(vagrant_lab: Path
 
 
 def test_a_users_inventory_gets_no_fault_driver_unless_real_power_is_allowed(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     inventory = tmp_path / "edge.yaml"
     inventory.write_text("cluster: mine\n")
     assert isinstance(driver_for(inventory, {}, allow_real_power=False), NoFaults)
@@ -77,12 +99,11 @@ def test_a_users_inventory_gets_no_fault_driver_unless_real_power_is_allowed(
     assert isinstance(real, RealHostPower) and real.capabilities() == {Capability.POWER}
 
 
-def test_vagrant_lab_ssh_to_a_proxy_uses_the_inventory_key_and_host_keys(
-        vagrant_lab: Path) -> None:
+def test_vagrant_lab_ssh_to_a_proxy_uses_the_inventory_key_and_host_keys(vagrant_lab: Path) -> None:
     argv = VagrantLab().ssh_argv("edge1", ["hostname"])
     state = vagrant_lab.parent
     assert argv[0] == "ssh" and argv[-2:] == ["vagrant@192.168.124.7", "hostname"]
-    assert ["-i", str(state / "id_ed25519")] == argv[argv.index("-i"):argv.index("-i") + 2]
+    assert ["-i", str(state / "id_ed25519")] == argv[argv.index("-i") : argv.index("-i") + 2]
     assert f"UserKnownHostsFile={state / 'known_hosts'}" in argv
     assert "StrictHostKeyChecking=yes" in argv
 
@@ -101,10 +122,12 @@ def test_vagrant_lab_ssh_to_a_machine_it_does_not_have_is_bad_input(vagrant_lab:
 
 
 def test_vagrant_link_control_finds_the_lab_nic_in_virsh_domiflist() -> None:
-    listing = (" Interface   Type      Source         Model    MAC\n"
-               "-------------------------------------------------------------\n"
-               " vnet0       network   edgekit-mgmt   virtio   52:54:00:aa:aa:aa\n"
-               " vnet1       network   edgekit-lab    virtio   52:54:00:bb:bb:bb\n")
+    listing = (
+        " Interface   Type      Source         Model    MAC\n"
+        "-------------------------------------------------------------\n"
+        " vnet0       network   edgekit-mgmt   virtio   52:54:00:aa:aa:aa\n"
+        " vnet1       network   edgekit-lab    virtio   52:54:00:bb:bb:bb\n"
+    )
     assert lab_interface(listing) == "52:54:00:bb:bb:bb"
 
 

@@ -54,38 +54,79 @@ def samples(rows: list[tuple[float, str, int]]) -> list[Sample]:
 
 
 def test_vip_move_is_time_from_fault_to_a_new_single_holder() -> None:
-    tl = holder_timeline(samples([
-        (0.0, "a", 1), (0.0, "b", 0), (1.0, "a", 1), (1.0, "b", 0),
-        (1.2, "a", 0), (1.3, "b", 0), (1.6, "b", 1), (1.7, "a", 0)]), ["a", "b"])
+    tl = holder_timeline(
+        samples(
+            [
+                (0.0, "a", 1),
+                (0.0, "b", 0),
+                (1.0, "a", 1),
+                (1.0, "b", 0),
+                (1.2, "a", 0),
+                (1.3, "b", 0),
+                (1.6, "b", 1),
+                (1.7, "a", 0),
+            ]
+        ),
+        ["a", "b"],
+    )
     assert vip_move(tl, "a", fault_t=1.1) == pytest.approx(0.5)
 
 
 def test_vip_move_is_none_when_the_vip_never_left() -> None:
-    tl = holder_timeline(samples([(t / 10, "a", 1) for t in range(30)]
-                                 + [(t / 10, "b", 0) for t in range(30)]), ["a", "b"])
+    tl = holder_timeline(
+        samples([(t / 10, "a", 1) for t in range(30)] + [(t / 10, "b", 0) for t in range(30)]),
+        ["a", "b"],
+    )
     assert vip_move(tl, "a", fault_t=0.5) is None
 
 
 def test_split_brain_counts_time_with_two_holders() -> None:
-    tl = holder_timeline(samples([
-        (0.0, "a", 1), (0.0, "b", 0), (1.0, "b", 1), (1.0, "a", 1),
-        (1.5, "a", 1), (1.5, "b", 1), (2.0, "a", 0), (2.0, "b", 1)]), ["a", "b"])
+    tl = holder_timeline(
+        samples(
+            [
+                (0.0, "a", 1),
+                (0.0, "b", 0),
+                (1.0, "b", 1),
+                (1.0, "a", 1),
+                (1.5, "a", 1),
+                (1.5, "b", 1),
+                (2.0, "a", 0),
+                (2.0, "b", 1),
+            ]
+        ),
+        ["a", "b"],
+    )
     assert split_brain(tl) == pytest.approx(1.0)
     assert split_brain(tl, since=1.5) == pytest.approx(0.5)
 
 
 def test_a_silent_peer_stops_holding_after_the_stale_window() -> None:
     # a dies at 1.0 holding the VIP; b takes it at 1.2; a's last word goes stale at 1.5
-    tl = holder_timeline(samples([(0.0, "a", 1), (0.0, "b", 0), (1.0, "a", 1),
-                                  (1.2, "b", 1), (1.4, "b", 1), (1.6, "b", 1)]), ["a", "b"],
-                         stale_after=0.5)
+    tl = holder_timeline(
+        samples(
+            [
+                (0.0, "a", 1),
+                (0.0, "b", 0),
+                (1.0, "a", 1),
+                (1.2, "b", 1),
+                (1.4, "b", 1),
+                (1.6, "b", 1),
+            ]
+        ),
+        ["a", "b"],
+        stale_after=0.5,
+    )
     assert tl[-1][1] == frozenset({"b"})
     assert split_brain(tl) == pytest.approx(0.4)
 
 
 def test_transitions_count_holder_changes() -> None:
-    tl = [(0.0, frozenset({"a"})), (1.0, frozenset({"a"})), (2.0, frozenset({"b"})),
-          (3.0, frozenset({"b"}))]
+    tl = [
+        (0.0, frozenset({"a"})),
+        (1.0, frozenset({"a"})),
+        (2.0, frozenset({"b"})),
+        (3.0, frozenset({"b"})),
+    ]
     assert transitions(tl) == 1
 
 
@@ -112,10 +153,17 @@ def test_recorded_series_give_the_figures_reported_at_run_time(name: str) -> Non
         assert reported["outage_s"] >= (longest - 1) * 0.05 - 1e-9
 
 
-def scored(rows: list[tuple[float, str, int]], probe_pattern: str,
-           restore_t: float) -> ScenarioResult:
-    r = ScenarioResult("keepalived-crash", holder="a", budget_s=1.0, recovered=True,
-                       fault_t=1.0, restore_t=restore_t)
+def scored(
+    rows: list[tuple[float, str, int]], probe_pattern: str, restore_t: float
+) -> ScenarioResult:
+    r = ScenarioResult(
+        "keepalived-crash",
+        holder="a",
+        budget_s=1.0,
+        recovered=True,
+        fault_t=1.0,
+        restore_t=restore_t,
+    )
     r.samples = samples(rows)
     r.probes = probes(probe_pattern, start=0.0, step=0.1)
     score(r, ["a", "b"])

@@ -14,18 +14,42 @@ from edgekit.render import RenderedFile
 
 
 def facts_text(files: dict[str, str | None], *, active: str = "active") -> str:
-    lines = ["@os", "debian 12", "@packages", "haproxy installed", "keepalived installed",
-             "@addresses", json.dumps([{"ifname": "eth1", "addr_info": [
-                 {"family": "inet", "local": "10.0.0.11", "prefixlen": 24},
-                 {"family": "inet", "local": "10.0.0.100", "prefixlen": 24}]}]),
-             "@files"]
+    lines = [
+        "@os",
+        "debian 12",
+        "@packages",
+        "haproxy installed",
+        "keepalived installed",
+        "@addresses",
+        json.dumps(
+            [
+                {
+                    "ifname": "eth1",
+                    "addr_info": [
+                        {"family": "inet", "local": "10.0.0.11", "prefixlen": 24},
+                        {"family": "inet", "local": "10.0.0.100", "prefixlen": 24},
+                    ],
+                }
+            ]
+        ),
+        "@files",
+    ]
     for path, content in files.items():
         if content is None:
             lines.append(f"{path} -")
         else:
             lines.append(f"{path} 644 root:root {base64.b64encode(content.encode()).decode()}")
-    lines += ["@units", f"haproxy {active} enabled", f"keepalived {active} enabled",
-              "@haproxy", "4242", "4242 4250 ", "@vrrp", "VI_51 MASTER", "@end"]
+    lines += [
+        "@units",
+        f"haproxy {active} enabled",
+        f"keepalived {active} enabled",
+        "@haproxy",
+        "4242",
+        "4242 4250 ",
+        "@vrrp",
+        "VI_51 MASTER",
+        "@end",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -51,8 +75,9 @@ def test_an_empty_file_is_present_not_missing() -> None:
     assert f.files["/etc/empty"].content == ""
 
 
-def rf(path: str, content: str, service: str = "haproxy", mode: int = 0o644,
-       secret: bool = False) -> RenderedFile:
+def rf(
+    path: str, content: str, service: str = "haproxy", mode: int = 0o644, secret: bool = False
+) -> RenderedFile:
     return RenderedFile(path, content, mode, "root:root", service, secret)
 
 
@@ -86,8 +111,9 @@ def test_diffs_never_show_secrets() -> None:
     old = 'EDGEKIT_PEER_NAME=p1\nEDGEKIT_STATS_PASSWORD="old-Secret-1"\n'
     new = 'EDGEKIT_PEER_NAME=p1\nEDGEKIT_STATS_PASSWORD="new-Secret-2"\n'
     wanted = [rf("/etc/default/haproxy", new, mode=0o600, secret=True)]
-    facts = HostFacts(files={"/etc/default/haproxy": LiveFile("/etc/default/haproxy", old,
-                                                              0o600, "root:root")})
+    facts = HostFacts(
+        files={"/etc/default/haproxy": LiveFile("/etc/default/haproxy", old, 0o600, "root:root")}
+    )
     diff = plan_host("p1", wanted, facts).diff()
     assert "old-Secret-1" not in diff and "new-Secret-2" not in diff
     assert f"+EDGEKIT_STATS_PASSWORD={MASK} (changed)" in diff
@@ -105,30 +131,45 @@ def test_keepalived_auth_pass_is_masked() -> None:
     assert "abcd1234" not in old and "zyxw9876" not in new
 
 
-@pytest.mark.parametrize(("paths", "active", "expected"), [
-    (["/etc/haproxy/haproxy.cfg"], "active", ["systemctl reload haproxy"]),
-    (["/etc/haproxy/haproxy.cfg"], "inactive",
-     ["systemctl start haproxy", "systemctl start keepalived"]),
-    (["/etc/default/haproxy"], "active", ["systemctl restart haproxy"]),
-    (["/etc/keepalived/keepalived.conf"], "active", ["systemctl reload keepalived"]),
-])
-def test_service_actions_reload_never_restart_for_config(paths: list[str], active: str,
-                                                          expected: list[str]) -> None:
-    service = {"/etc/haproxy/haproxy.cfg": "haproxy", "/etc/default/haproxy": "haproxy",
-               "/etc/keepalived/keepalived.conf": "keepalived"}
+@pytest.mark.parametrize(
+    ("paths", "active", "expected"),
+    [
+        (["/etc/haproxy/haproxy.cfg"], "active", ["systemctl reload haproxy"]),
+        (
+            ["/etc/haproxy/haproxy.cfg"],
+            "inactive",
+            ["systemctl start haproxy", "systemctl start keepalived"],
+        ),
+        (["/etc/default/haproxy"], "active", ["systemctl restart haproxy"]),
+        (["/etc/keepalived/keepalived.conf"], "active", ["systemctl reload keepalived"]),
+    ],
+)
+def test_service_actions_reload_never_restart_for_config(
+    paths: list[str], active: str, expected: list[str]
+) -> None:
+    service = {
+        "/etc/haproxy/haproxy.cfg": "haproxy",
+        "/etc/default/haproxy": "haproxy",
+        "/etc/keepalived/keepalived.conf": "keepalived",
+    }
     wanted = [rf(p, "new\n", service[p]) for p in paths]
-    facts = HostFacts(files={}, units={"haproxy": (active, "enabled"),
-                                       "keepalived": (active, "enabled")})
+    facts = HostFacts(
+        files={}, units={"haproxy": (active, "enabled"), "keepalived": (active, "enabled")}
+    )
     plan = plan_host("p1", wanted, facts)
     assert service_actions(plan, facts.units) == expected
 
 
 def test_sysctl_and_dropin_changes_apply_before_services() -> None:
-    wanted = [rf("/etc/sysctl.d/60-edgekit.conf", "x\n", "sysctl"),
-              rf("/etc/systemd/system/keepalived.service.d/edgekit.conf", "y\n", "systemd"),
-              rf("/etc/keepalived/keepalived.conf", "z\n", "keepalived")]
+    wanted = [
+        rf("/etc/sysctl.d/60-edgekit.conf", "x\n", "sysctl"),
+        rf("/etc/systemd/system/keepalived.service.d/edgekit.conf", "y\n", "systemd"),
+        rf("/etc/keepalived/keepalived.conf", "z\n", "keepalived"),
+    ]
     units = {"haproxy": ("active", "enabled"), "keepalived": ("active", "enabled")}
     plan = plan_host("p1", wanted, HostFacts(units=units))
     assert service_actions(plan, units) == [
-        "systemctl daemon-reload", "sysctl -q -p /etc/sysctl.d/60-edgekit.conf",
-        "systemctl reload keepalived"]
+        "systemctl daemon-reload",
+        "sysctl -q -p /etc/sysctl.d/60-edgekit.conf",
+        "systemctl reload keepalived",
+    ]

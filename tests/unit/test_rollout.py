@@ -31,6 +31,17 @@ def rollout(tmp_path: Path, hosts: Mapping[str, FakeHost], **kw: object) -> depl
     return deploy.apply(plan, transports, timing=FAST, answers=lambda _a, _p: True)
 
 
+def record(hosts: Mapping[str, FakeHost], order: list[str]) -> None:
+    """Append each host's name to `order` when its new files are moved into place."""
+    for name, host in hosts.items():
+
+        def install(cmd: str, name: str = name) -> Result:
+            order.append(name)
+            return Result(cmd, 0, "", "")
+
+        host.on(INSTALL, respond=install)
+
+
 def installed(host: FakeHost) -> bool:
     return host.ran(INSTALL)
 
@@ -38,8 +49,7 @@ def installed(host: FakeHost) -> bool:
 def test_hosts_without_a_vip_go_first_and_the_holder_last(tmp_path: Path) -> None:
     order: list[str] = []
     hosts = simhost.cluster(holder="proxy1")
-    for name, host in hosts.items():
-        host.on(INSTALL, respond=lambda cmd, n=name: order.append(n) or Result(cmd, 0, "", ""))
+    record(hosts, order)
 
     report = rollout(tmp_path, hosts)
 
@@ -50,16 +60,18 @@ def test_hosts_without_a_vip_go_first_and_the_holder_last(tmp_path: Path) -> Non
 def test_the_holder_goes_last_wherever_it_is_in_the_inventory(tmp_path: Path) -> None:
     order: list[str] = []
     hosts = simhost.cluster(holder="proxy2")
-    for name, host in hosts.items():
-        host.on(INSTALL, respond=lambda cmd, n=name: order.append(n) or Result(cmd, 0, "", ""))
+    record(hosts, order)
     rollout(tmp_path, hosts)
     assert order == ["proxy1", "proxy3", "proxy2"]
 
 
 def test_a_failed_reload_rolls_that_host_back_and_stops_the_rollout(tmp_path: Path) -> None:
     hosts = simhost.cluster()
-    hosts["proxy2"].on(r"^systemctl (reload|restart) haproxy$", exit_code=1,
-                       stderr="Job for haproxy.service failed")
+    hosts["proxy2"].on(
+        r"^systemctl (reload|restart) haproxy$",
+        exit_code=1,
+        stderr="Job for haproxy.service failed",
+    )
 
     report = rollout(tmp_path, hosts)
 
@@ -74,8 +86,9 @@ def test_a_failed_reload_rolls_that_host_back_and_stops_the_rollout(tmp_path: Pa
 
 def test_a_failed_health_wait_rolls_back_and_stops(tmp_path: Path) -> None:
     hosts = simhost.cluster()
-    hosts["proxy3"].on(r"systemctl is-active -q haproxy && systemctl is-active -q keepalived",
-                       exit_code=1)
+    hosts["proxy3"].on(
+        r"systemctl is-active -q haproxy && systemctl is-active -q keepalived", exit_code=1
+    )
 
     report = rollout(tmp_path, hosts)
 
@@ -85,8 +98,7 @@ def test_a_failed_health_wait_rolls_back_and_stops(tmp_path: Path) -> None:
     assert not hosts["proxy2"].ran(RESTORE)
 
 
-def test_ctrl_c_during_a_reload_restores_that_host_and_goes_no_further(tmp_path: Path
-                                                                       ) -> None:
+def test_ctrl_c_during_a_reload_restores_that_host_and_goes_no_further(tmp_path: Path) -> None:
     hosts = simhost.cluster()
 
     def interrupt(_cmd: str) -> Result:
@@ -117,25 +129,26 @@ def test_a_validation_failure_changes_nothing_and_stops(tmp_path: Path) -> None:
 
 def test_a_live_file_changed_since_the_plan_refuses_the_host_by_name(tmp_path: Path) -> None:
     hosts = simhost.cluster()
-    hosts["proxy2"].on(INSTALL, exit_code=CHANGED_SINCE_PLAN,
-                       stderr="/etc/haproxy/haproxy.cfg changed on the host since the plan "
-                       "was made")
+    hosts["proxy2"].on(
+        INSTALL,
+        exit_code=CHANGED_SINCE_PLAN,
+        stderr="/etc/haproxy/haproxy.cfg changed on the host since the plan was made",
+    )
 
     report = rollout(tmp_path, hosts)
 
     assert report.failed == "proxy2"
-    assert "/etc/haproxy/haproxy.cfg changed on the host since the plan" in (report.error
-                                                                              or "")
+    assert "/etc/haproxy/haproxy.cfg changed on the host since the plan" in (report.error or "")
     assert not hosts["proxy2"].ran(RESTORE)  # nothing was installed, nothing to restore
     assert not installed(hosts["proxy3"])
 
 
 def test_the_install_script_checks_every_planned_file_against_what_the_plan_read(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     old = "global\n  # the live file the plan read\n"
     hosts = simhost.cluster()
-    hosts["proxy2"] = simhost.proxy("proxy2", "10.10.0.12",
-                                    files={"/etc/haproxy/haproxy.cfg": old})
+    hosts["proxy2"] = simhost.proxy("proxy2", "10.10.0.12", files={"/etc/haproxy/haproxy.cfg": old})
     rollout(tmp_path, hosts)
     script = next(c for c in hosts["proxy2"].commands() if INSTALL[1:] in c)
     import hashlib

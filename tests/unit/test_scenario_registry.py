@@ -24,9 +24,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 def blip() -> Iterator[scenarios.Scenario]:
-    added = scenarios.register(scenarios.Scenario(
-        "test-blip", "a fault that exists only in this test", 0.7,
-        inject=lambda _f: None, restore=lambda _f: None))
+    added = scenarios.register(
+        scenarios.Scenario(
+            "test-blip",
+            "a fault that exists only in this test",
+            0.7,
+            inject=lambda _f: None,
+            restore=lambda _f: None,
+        )
+    )
     try:
         yield added
     finally:
@@ -42,8 +48,9 @@ def bench_failover() -> ModuleType:
     return module
 
 
-def test_a_new_scenario_shows_in_help_json_report_and_bench(blip: scenarios.Scenario,
-                                                            tmp_path: Path) -> None:
+def test_a_new_scenario_shows_in_help_json_report_and_bench(
+    blip: scenarios.Scenario, tmp_path: Path
+) -> None:
     help_text = run("failover-test", "--help", env={"COLUMNS": "200"})
     assert help_text.exit_code == 0 and "test-blip" in help_text.stdout
 
@@ -52,14 +59,20 @@ def test_a_new_scenario_shows_in_help_json_report_and_bench(blip: scenarios.Scen
     assert entries["test-blip"]["budget_s"] == 0.7
     assert entries["test-blip"]["description"] == blip.description
 
-    result = ScenarioResult("test-blip", budget_s=blip.budget_s,
-                            description=blip.description, recovered=True, passed=True,
-                            probes=[Probe(1.0, True, "http"), Probe(1.05, False, "http")])
+    result = ScenarioResult(
+        "test-blip",
+        budget_s=blip.budget_s,
+        description=blip.description,
+        recovered=True,
+        passed=True,
+        probes=[Probe(1.0, True, "http"), Probe(1.05, False, "http")],
+    )
     write_report(tmp_path, [result], ["proxy1", "proxy2"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [s["name"] for s in saved["scenarios"]] == ["test-blip"]
     assert blip.description in (tmp_path / "test-blip.svg").read_text()
-    assert results_json([result])["scenarios"][0]["description"] == blip.description
+    summary = results_json([result])["scenarios"]
+    assert isinstance(summary, list) and summary[0]["description"] == blip.description
 
     bench = bench_failover()
     table = bench.table([{"default": [result.summary()]}], bench.scenarios(listing.stdout))
@@ -91,7 +104,13 @@ def test_a_lab_with_power_and_link_control_runs_host_down_by_default() -> None:
 
 
 def test_unknown_scenario_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    result = run("failover-test", "-i", str(ROOT / "templates" / "edge.example.yaml"),
-                 "-s", "nope", env={"EDGEKIT_STATS_PASSWORD": "Zq8-vLm3pRt7xW"})
+    result = run(
+        "failover-test",
+        "-i",
+        str(ROOT / "templates" / "edge.example.yaml"),
+        "-s",
+        "nope",
+        env={"EDGEKIT_STATS_PASSWORD": "Zq8-vLm3pRt7xW"},
+    )
     assert result.exit_code == 2
     assert "unknown scenario 'nope'" in result.stderr
