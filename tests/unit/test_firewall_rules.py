@@ -12,10 +12,8 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from edgekit.facts import (
 from edgekit.inventory import Loaded, load_inventory
 from edgekit.inventory.load import InventoryError
 from edgekit.status import PeerStatus, firewall_state, verdict
+from tests.cli import run
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOOD = sorted((DATA / "good").glob("*.yaml"))
@@ -425,15 +424,8 @@ def test_render_writes_the_node_fence_and_lists_it_in_the_manifest(tmp_path: Pat
     path = tmp_path / "edge.yaml"
     path.write_text(yaml.safe_dump(BASE))
     out = tmp_path / "out"
-    env = {**os.environ, "EDGEKIT_STATS_PASSWORD": STRONG}
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgekit", "render", "-i", str(path), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run("render", "-i", str(path), "-o", str(out), env={"EDGEKIT_STATS_PASSWORD": STRONG})
+    assert proc.exit_code == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["peers"]) == {"proxy1", "proxy2"}
     nodes = manifest["nodes"]
