@@ -2,53 +2,73 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import types
 import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from edgekit.errors import InputError
-from edgekit.inventory.checks import Problem, check_inventory, check_password, did_you_mean
+from edgekit.errors import InputError, InventoryError, Located
+from edgekit.inventory import source
+from edgekit.inventory.advice import advise
+from edgekit.inventory.checks import (
+    Problem,
+    check_inventory,
+    check_password,
+    check_vrrp_auth,
+    did_you_mean,
+)
 from edgekit.inventory.model import (
     ENV_RE,
     HOST_HEADER_RE,
     HOST_RE,
-    IFNAME_RE,
     NAME_RE,
     PATH_RE,
     STATS_USER_RE,
     Inventory,
 )
+from edgekit.inventory.source import Loc, format_path
 
-Loc = tuple[str | int, ...]
+__all__ = [
+    "InventoryError",
+    "Loaded",
+    "Secrets",
+    "format_path",
+    "load_inventory",
+    "parse_peers_flag",
+]
 
 PATTERN_HELP = {
     NAME_RE: "must be a lowercase name: a-z, 0-9 and '-', at most 63 characters",
-    IFNAME_RE: "must be an interface name of at most 15 characters",
     PATH_RE: "must be a path starting with '/', without spaces, '#', quotes or backslashes",
     STATS_USER_RE: "may hold only letters, digits, '_', '.' and '-'",
     HOST_RE: "must be an IPv4 address or a host name",
     HOST_HEADER_RE: "must be a host name, optionally with :port",
     ENV_RE: "must name an environment variable (letters, digits and '_'), not hold the "
-            "secret itself",
+    "secret itself",
+}
+# What to write instead, by pydantic's error type.
+TYPE_HINTS = {
+    "bool_type": "write true or false",
+    "bool_parsing": "write true or false",
+    "int_type": "write a whole number",
+    "int_parsing": "write a whole number",
+    "int_from_float": "write a whole number",
+    "float_type": "write a number",
+    "float_parsing": "write a number",
+    "string_type": "write text (quote it if YAML reads it as a number, date or boolean)",
+    "list_type": "write a list ('- item' lines or [a, b])",
+    "dict_type": "write a mapping of keys",
+    "model_type": "write a mapping of keys",
+    "model_attributes_type": "write a mapping of keys",
 }
 # Keys whose value may be a secret typed in the wrong place: never echo it.
 _HIDE_VALUE = frozenset({"password_env", "password_file", "auth_pass_env", "auth_pass_file"})
-
-
-class InventoryError(InputError):
-    """One or more problems in an inventory; str() gives one line per problem."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 @dataclass(frozen=True)
@@ -63,47 +83,18 @@ class Loaded:
     secrets: Secrets = field(repr=False)
     path: Path
     source_sha256: str
+    # "FILE:LINE: KEY.PATH: message" lines: accepted, but probably not what was meant.
+    warnings: list[str] = field(default_factory=list, compare=False)
+    # Key path -> line in the file, to point later errors (haproxy -c) at the inventory.
+    lines: dict[Loc, int] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def name(self) -> str:
+        return source.display_name(self.path)
 
-def format_path(loc: Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _line_map(
-    node: yaml.Node,
-    loc: Loc = (),
-    lines: dict[Loc, int] | None = None,
-    duplicates: list[Problem] | None = None,
-    parents: frozenset[int] = frozenset(),
-) -> dict[Loc, int]:
-    """Map each key path to its 1-based line in the YAML source; note repeated keys."""
-    lines = {} if lines is None else lines
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if id(node) in parents:  # a recursive alias (&a [*a]); pydantic reports it
-        return lines
-    parents = parents | {id(node)}
-    if isinstance(node, yaml.MappingNode):
-        first: dict[Loc, int] = {}
-        for key, value in node.value:
-            sub = (*loc, str(key.value))
-            line = key.start_mark.line + 1
-            if sub in first and duplicates is not None:
-                # PyYAML silently keeps the last value; the user meant one of them.
-                duplicates.append(Problem(format_path(sub),
-                                          f"key repeated (first at line {first[sub]})"))
-            first.setdefault(sub, line)
-            lines[sub] = line
-            _line_map(value, sub, lines, duplicates, parents)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_map(item, (*loc, i), lines, duplicates, parents)
-    return lines
+    def locate(self, path: str, message: str) -> Located:
+        """A problem found after loading (e.g. by haproxy -c), placed in the file."""
+        return Located(self.name, _line_of(self.lines, _parse_path(path)), path, message)
 
 
 def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
@@ -162,27 +153,30 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
             continue
         msg = PATTERN_HELP.get(str(e.get("ctx", {}).get("pattern")), e["msg"])
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         msg = msg[:1].lower() + msg[1:]
         if "[key]" in e["loc"]:
             msg = f"bad name: {msg}"
         hide = bool(loc) and str(loc[-1]) in _HIDE_VALUE
-        problems.append(Problem(format_path(loc), msg, None if hide else e.get("input")))
+        problems.append(
+            Problem(format_path(loc), msg, None if hide else e.get("input"), TYPE_HINTS.get(kind))
+        )
     return problems
 
 
-def _render(file: Path, lines: dict[Loc, int], problems: list[Problem],
-            peers_flag: bool = False) -> list[str]:
+def _locate(
+    name: str, lines: dict[Loc, int], problems: list[Problem], peers_flag: bool = False
+) -> list[Located]:
     out = []
     for p in problems:
         loc = _parse_path(p.path)
-        line = _line_of(lines, loc)
         if peers_flag and loc[:1] == ("peers",):
-            where = "--peers"  # the peers came from the flag, not from the file
+            where, line = "--peers", None  # the peers came from the flag, not from the file
         else:
-            where = f"{file}:{line}" if line else str(file)
+            where, line = name, _line_of(lines, loc)
         got = "" if p.value is None or isinstance(p.value, dict) else f" (got {_show(p.value)})"
-        out.append(f"{where}: {p.path}: {p.message}{got}")
+        hint = f"; {p.hint}" if p.hint else ""
+        out.append(Located(where, line, p.path, f"{p.message}{got}{hint}"))
     return out
 
 
@@ -205,8 +199,12 @@ def _read_secret(
     if env:
         value = os.environ.get(env)
         if not value:
-            return None, Problem(f"{key}_env", f"environment variable {env} is not set or empty",
-                                 None)
+            return None, Problem(
+                f"{key}_env",
+                f"environment variable {env} is not set or empty",
+                None,
+                f"export {env}=... before running edgekit",
+            )
         return value, None
     if file:
         path = (base / os.path.expanduser(file)).resolve()
@@ -221,32 +219,52 @@ def _read_secret(
 
 def _secrets(inv: Inventory, base: Path) -> tuple[Secrets | None, list[Problem]]:
     problems = []
-    password, problem = _read_secret(base, inv.stats.password_env, inv.stats.password_file,
-                                     "stats.password")
+    password, problem = _read_secret(
+        base, inv.stats.password_env, inv.stats.password_file, "stats.password"
+    )
     if problem:
         problems.append(problem)
     else:
-        weak = check_password(password, inv.stats.user, "stats.password_" +
-                              ("env" if inv.stats.password_env else "file"))
+        weak = check_password(
+            password,
+            inv.stats.user,
+            "stats.password_" + ("env" if inv.stats.password_env else "file"),
+        )
         if weak:
             problems.append(weak)
     vrrp_auth = None
     # With version 3, checks.py already reports the auth keys; reading them adds noise.
     if (inv.vrrp.auth_pass_env or inv.vrrp.auth_pass_file) and inv.vrrp.version == 2:
-        vrrp_auth, problem = _read_secret(base, inv.vrrp.auth_pass_env, inv.vrrp.auth_pass_file,
-                                          "vrrp.auth_pass")
+        vrrp_auth, problem = _read_secret(
+            base, inv.vrrp.auth_pass_env, inv.vrrp.auth_pass_file, "vrrp.auth_pass"
+        )
         if problem:
             problems.append(problem)
-        elif vrrp_auth and not (1 <= len(vrrp_auth) <= 8 and vrrp_auth.isprintable()
-                                and " " not in vrrp_auth):
-            # keepalived truncates PASS authentication to 8 characters.
-            problems.append(Problem("vrrp.auth_pass_env" if inv.vrrp.auth_pass_env
-                                    else "vrrp.auth_pass_file",
-                                    "VRRP PASS authentication takes 1 to 8 printable "
-                                    "characters without spaces", None))
+        elif vrrp_auth is not None:
+            key = "vrrp.auth_pass_env" if inv.vrrp.auth_pass_env else "vrrp.auth_pass_file"
+            bad = check_vrrp_auth(vrrp_auth, key)
+            if bad:
+                problems.append(bad)
     if problems or password is None:
         return None, problems
     return Secrets(stats_password=password, vrrp_auth=vrrp_auth), []
+
+
+def _ssh_files(inv: Inventory, base: Path) -> list[Problem]:
+    out = []
+    for key in ("identity_file", "known_hosts"):
+        value = getattr(inv.ssh, key)
+        if value and not (base / Path(value).expanduser()).is_file():
+            out.append(
+                Problem(
+                    f"ssh.{key}",
+                    "no such file on this machine",
+                    value,
+                    "write the path of the file (relative paths start at "
+                    "edge.yaml's directory), or leave the key out",
+                )
+            )
+    return out
 
 
 def parse_peers_flag(text: str) -> list[dict[str, str]]:
@@ -254,58 +272,62 @@ def parse_peers_flag(text: str) -> list[dict[str, str]]:
     peers = []
     for i, item in enumerate(filter(None, (s.strip() for s in text.split(","))), start=1):
         name, sep, addr = item.partition("=")
-        peers.append({"name": name.strip(), "address": addr.strip()} if sep else
-                     {"name": f"peer{i}", "address": item})
+        peers.append(
+            {"name": name.strip(), "address": addr.strip()}
+            if sep
+            else {"name": f"peer{i}", "address": item}
+        )
     if not peers:
-        raise InputError("--peers: no peers given",
-                         hint="--peers proxy1=10.0.0.11,proxy2=10.0.0.12")
+        raise InputError(
+            "--peers: no peers given", hint="--peers proxy1=10.0.0.11,proxy2=10.0.0.12"
+        )
     return peers
 
 
-def load_inventory(path: str | Path, *, peers: list[dict[str, str]] | None = None) -> Loaded:
-    """Read, validate and resolve secrets; raise InventoryError listing every problem."""
-    import hashlib
-
+def load_inventory(
+    path: str | Path, *, peers: list[dict[str, str]] | None = None, for_ssh: bool = False
+) -> Loaded:
+    """Read (`-`: standard input), validate and resolve secrets; raise InventoryError
+    listing every problem. With `for_ssh`, the SSH key and known_hosts files named must
+    exist (a command that connects needs them); otherwise their absence is a warning."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{file}: no such file", hint="edgekit init writes an example") from None
-    except UnicodeDecodeError as exc:
-        raise InventoryError([f"{file}: (top level): not UTF-8 text (byte {exc.start})"]) from None
-    except OSError as exc:
-        raise InputError(f"{file}: cannot read: {exc.strerror}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark else str(file)
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InventoryError([f"{where}: YAML syntax error: {what}"]) from None
-    if data is None:  # nothing, only comments, or an empty document
-        raise InventoryError([f"{file}: (top level): the file has no inventory in it "
-                              "(edgekit init writes an example)"])
-    if not isinstance(data, dict):
-        assert node is not None
-        raise InventoryError([f"{file}:{node.start_mark.line + 1}: (top level): the inventory "
-                              f"must be a mapping of keys (got {type(data).__name__})"])
-    duplicates: list[Problem] = []
-    assert node is not None
-    lines = _line_map(node, duplicates=duplicates)
-    if duplicates:
-        raise InventoryError(_render(file, lines, duplicates))
-    if peers is not None:
-        data = {**data, "peers": peers}
+    name = source.display_name(file)
+    text = source.read_text(file)
+    doc = source.parse(text, name)
+    data = doc.data if peers is None else {**doc.data, "peers": peers}
     flag = peers is not None
     try:
         inv = Inventory.model_validate(data)
     except ValidationError as exc:
-        raise InventoryError(_render(file, lines, _pydantic_problems(exc), flag)) from None
+        raise InventoryError(_locate(name, doc.lines, _pydantic_problems(exc), flag)) from None
+    except RecursionError:  # a self-referencing alias where a collection is expected
+        raise InventoryError(
+            [
+                Located(
+                    name, None, "(top level)", "a YAML alias refers to itself; write the value out"
+                )
+            ]
+        ) from None
+    base = Path.cwd() if name == source.STDIN_NAME else file.resolve().parent
     problems = list(check_inventory(inv))
-    secrets, secret_problems = _secrets(inv, file.resolve().parent)
+    secrets, secret_problems = _secrets(inv, base)
     problems += secret_problems
+    ssh_files = _ssh_files(inv, base)
+    if for_ssh:
+        problems += ssh_files
     if problems or secrets is None:
-        raise InventoryError(_render(file, lines, problems, flag))
-    return Loaded(inventory=inv, secrets=secrets, path=file,
-                  source_sha256=hashlib.sha256(text.encode()).hexdigest())
+        raise InventoryError(_locate(name, doc.lines, problems, flag))
+    advice = list(advise(inv)) + (
+        []
+        if for_ssh
+        else [Problem(p.path, p.message, p.value, "deploy and status need it") for p in ssh_files]
+    )
+    warnings = [w.text() for w in _locate(name, doc.lines, advice, flag)]
+    return Loaded(
+        inventory=inv,
+        secrets=secrets,
+        path=file,
+        source_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        warnings=warnings,
+        lines=doc.lines,
+    )

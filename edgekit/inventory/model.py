@@ -8,26 +8,29 @@ can name its exact key path.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from edgekit.inventory import fields, limits
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-IFNAME_RE = r"^[A-Za-z0-9_.@-]{1,15}$"
 # No spaces, '#' (haproxy's comment), quotes or backslashes: these land unquoted in haproxy.cfg.
 PATH_RE = r"^/[^\s#\"'\\]*$"
 STATS_USER_RE = r"^[A-Za-z0-9_.-]+$"
-HOST_RE = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+HOST_RE = fields.HOST_RE.pattern
 HOST_HEADER_RE = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$"
 ENV_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
-DURATION_RE = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
 
-# strict: YAML's `true` must not pass as port 1 or VRID 1.
+# strict: YAML's `true` must not pass as port 1 or VRID 1, nor 1 or 'yes' as true.
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+Bool = Annotated[bool, Field(strict=True)]
 Name = Annotated[str, Field(pattern=NAME_RE)]
-IfName = Annotated[str, Field(pattern=IFNAME_RE)]
+IfName = Annotated[str, BeforeValidator(fields.interface_name)]
 EnvName = Annotated[str, Field(pattern=ENV_RE)]
+# haproxy reads a bare number as milliseconds: a unit is required.
+Duration = Annotated[str, BeforeValidator(fields.duration)]
+HaproxyOption = Annotated[str, BeforeValidator(fields.haproxy_option)]
 
 
 def _ip_text(value: object) -> object:
@@ -42,8 +45,7 @@ def _cidr(value: object) -> object:
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return value
     if not isinstance(value, str):
-        raise ValueError("expected a network such as 10.10.0.0/24 or an address such as "
-                         "192.0.2.7")
+        raise ValueError("expected a network such as 10.10.0.0/24 or an address such as 192.0.2.7")
     try:
         return ipaddress.ip_network(value.strip(), strict=True)
     except ValueError:
@@ -51,10 +53,13 @@ def _cidr(value: object) -> object:
     try:
         loose = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
-        raise ValueError("expected a network such as 10.10.0.0/24 or an address such as "
-                         "192.0.2.7") from None
-    raise ValueError(f"host bits set: did you mean {loose} (or {value.split('/')[0]}/"
-                     f"{loose.max_prefixlen} for one address)?")
+        raise ValueError(
+            "expected a network such as 10.10.0.0/24 or an address such as 192.0.2.7"
+        ) from None
+    raise ValueError(
+        f"host bits set: did you mean {loose} (or {value.split('/')[0]}/"
+        f"{loose.max_prefixlen} for one address)?"
+    )
 
 
 def _cidr4(value: object) -> object:
@@ -74,21 +79,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _duration(value: str | int) -> str:
-    text = str(value)
-    if not DURATION_RE.match(text):
-        raise ValueError("expected a duration such as 500ms, 30s, 5m or 1h")
-    return text
-
-
 class Vrrp(Strict):
     interface: IfName = "eth0"
     # 0.25 s with VRRPv3 moves the VIP within a second on a hard failure and
     # did not flap under full CPU load in the lab (shared/notes/lab-facts.md).
     advert_int: Annotated[float, Field(strict=True, gt=0, le=40)] = 0.25
     version: Literal[2, 3] = 3
-    unicast: bool = True
-    preempt: bool = False
+    unicast: Bool = True
+    preempt: Bool = False
     # VRRPv2 only (VRRPv3 has no authentication); read from the environment or a file.
     auth_pass_env: EnvName | None = None
     auth_pass_file: str | None = None
@@ -116,14 +114,14 @@ class Peer(Strict):
     interface: IfName | None = None
     # Where SSH reaches the host when that differs from its VRRP address
     # (e.g. Vagrant's management network or a forwarded port).
-    ssh_host: str | None = None
+    ssh_host: Annotated[str, BeforeValidator(fields.ssh_host)] | None = None
     ssh_port: Port | None = None
 
     _address = field_validator("address", mode="before")(_ip_text)
 
 
 class Ssh(Strict):
-    user: str = "root"
+    user: Annotated[str, BeforeValidator(fields.ssh_user)] = "root"
     port: Port = 22
     identity_file: str | None = None
     known_hosts: str | None = None
@@ -132,10 +130,11 @@ class Ssh(Strict):
 
 class Server(Strict):
     name: Name
-    address: str = Field(pattern=HOST_RE)  # an IPv4 address or a host name
+    # An IPv4 address or a host name (resolved by the proxies, not here).
+    address: Annotated[str, Field(pattern=HOST_RE), AfterValidator(fields.server_address)]
     port: Port | None = None
     weight: Annotated[int, Field(strict=True, ge=0, le=256)] | None = None
-    backup: bool = False
+    backup: Bool = False
 
 
 class Health(Strict):
@@ -146,11 +145,9 @@ class Health(Strict):
 
 
 class Check(Strict):
-    inter: str = "2s"
+    inter: Duration = "2s"
     fall: Annotated[int, Field(strict=True, ge=1, le=100)] = 3
     rise: Annotated[int, Field(strict=True, ge=1, le=100)] = 2
-
-    _inter = field_validator("inter", mode="before")(_duration)
 
 
 class Service(Strict):
@@ -159,23 +156,19 @@ class Service(Strict):
     backend: str
     port: Port
     balance: Literal["roundrobin", "leastconn", "source"] = "roundrobin"
-    sticky: bool = False
+    sticky: Bool = False
     proxy_protocol: Literal["v1", "v2"] | None = None
-    timeout: str | None = None
+    timeout: Duration | None = None
     health: Health = Health()
     check: Check = Check()
-    # Extra haproxy lines appended to the service's backend section, passed through as
-    # written; the hosts' `haproxy -c` validates them before they go live.
     # How failover-test probes it: an HTTP GET or a bare TCP connect (default: HTTP on
     # port 80 and 8080, TCP elsewhere).
     probe: Literal["http", "tcp"] | None = None
-    haproxy_options: list[Annotated[str, Field(pattern=r"^[^\n\r#]+$")]] = []
+    # Extra haproxy lines appended to the service's backend section. Each must stay in
+    # that section (fields.haproxy_option); `haproxy -c` checks the rest.
+    haproxy_options: list[HaproxyOption] = []
     # Who may connect to the service on the VIPs (the firewall); unset: anyone.
     client_cidrs: list[Cidr4] | None = None
-
-    _timeout = field_validator("timeout", mode="before")(
-        lambda v: None if v is None else _duration(v)
-    )
 
 
 class Stats(Strict):
@@ -189,21 +182,18 @@ class Stats(Strict):
 class Haproxy(Strict):
     # Unset, haproxy derives it from the open-files limit it is given, which fits
     # every host; a fixed value above what the limit allows stops haproxy from starting.
-    maxconn: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] | None = None
-    connect_timeout: str = "5s"
-    client_timeout: str = "1m"
-    server_timeout: str = "1m"
+    # A set value also raises haproxy's LimitNOFILE to match (render.nofile_limit).
+    maxconn: Annotated[int, Field(strict=True, ge=1, le=limits.MAX_MAXCONN)] | None = None
+    connect_timeout: Duration = "5s"
+    client_timeout: Duration = "1m"
+    server_timeout: Duration = "1m"
     peers_port: Port = 10000
-
-    _durations = field_validator(
-        "connect_timeout", "client_timeout", "server_timeout", mode="before"
-    )(_duration)
 
 
 class Firewall(Strict):
     """nftables on the proxies (table inet edgekit). On unless `enabled: false`."""
 
-    enabled: bool = True
+    enabled: Bool = True
     # SSH and the stats page. Unset: the VIPs' subnets (where the peers live), never
     # "anywhere" unless written as 0.0.0.0/0.
     admin_cidrs: list[Cidr] | None = None
