@@ -7,17 +7,20 @@ keepalived through `@name` config-id lines, so drift is one hash compare.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
 from edgekit import firewall
-from edgekit.inventory import Loaded
-from edgekit.inventory.model import Inventory, Service
+from edgekit.inventory import Loaded, fields
+from edgekit.inventory.checks import nofile_needed
+from edgekit.inventory.model import Inventory, Peer, Server, Service, Vip
 
 CHECK_SCRIPT = "/etc/keepalived/edgekit-check-haproxy"
 NOTIFY_SCRIPT = "/etc/keepalived/edgekit-notify"
@@ -48,9 +51,14 @@ class RenderedFile:
     def manifest_entry(self) -> dict[str, object]:
         # A secret file's hash would let anyone holding the manifest (or `render --json`
         # output in a CI log) test password guesses offline: it is left out.
-        return {"path": self.path, "mode": f"{self.mode:04o}", "owner": self.owner,
-                "sha256": None if self.secret else self.sha256, "service": self.service,
-                "secret": self.secret}
+        return {
+            "path": self.path,
+            "mode": f"{self.mode:04o}",
+            "owner": self.owner,
+            "sha256": None if self.secret else self.sha256,
+            "service": self.service,
+            "secret": self.secret,
+        }
 
 
 def templates_dir() -> Path:
@@ -62,7 +70,9 @@ def templates_dir() -> Path:
     raise FileNotFoundError("edgekit templates not found (broken installation?)")
 
 
+@functools.lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
+    # One environment per process: each compiles a template once.
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
@@ -105,9 +115,23 @@ def _priorities(inv: Inventory) -> list[dict[str, int]]:
     return result
 
 
+def interface_of(inv: Inventory, peer: Peer, vip: Vip | None = None) -> str:
+    return peer.interface or (vip.interface if vip else None) or inv.vrrp.interface
+
+
+def peer_interfaces(inv: Inventory, peer: Peer) -> list[str]:
+    """The interfaces keepalived.conf names on `peer` (they must exist there)."""
+    return sorted({interface_of(inv, peer, vip) for vip in inv.vips})
+
+
+def _server_extra(server: Server) -> str:
+    # A host name is resolved when haproxy starts (on the proxy, not here); one that
+    # does not resolve leaves that server disabled instead of stopping haproxy.
+    return "" if fields.is_ipv4(server.address) else " init-addr last,libc,none"
+
+
 def _check_line(svc: Service) -> str:
-    opts = ["check", f"inter {svc.check.inter}", f"fall {svc.check.fall}",
-            f"rise {svc.check.rise}"]
+    opts = ["check", f"inter {svc.check.inter}", f"fall {svc.check.fall}", f"rise {svc.check.rise}"]
     if svc.health.type == "https":
         opts += ["check-ssl", "verify none"]
     if svc.proxy_protocol == "v2":
@@ -126,9 +150,9 @@ def _context(loaded: Loaded) -> dict[str, object]:
         "priorities": _priorities(inv),
         "sticky": any(s.sticky for s in inv.services),
         "check_line": _check_line,
-        "interface_of": lambda peer, vip=None: (
-            peer.interface or (vip.interface if vip else None) or inv.vrrp.interface
-        ),
+        "server_extra": _server_extra,
+        "interface_of": lambda peer, vip=None: interface_of(inv, peer, vip),
+        "nofile": nofile_needed(inv),
         "advert_int": f"{inv.vrrp.advert_int:g}",
         "vrrp_auth": loaded.secrets.vrrp_auth is not None,
         "vrrp_auth_pass": loaded.secrets.vrrp_auth or "",
@@ -145,24 +169,56 @@ def render_shared(loaded: Loaded) -> list[RenderedFile]:
     ctx = _context(loaded)
     kconf_secret = loaded.secrets.vrrp_auth is not None
     return [
-        RenderedFile(HAPROXY_CFG, env.get_template("haproxy.cfg.j2").render(ctx), 0o644,
-                     "root:root", "haproxy"),
-        RenderedFile(KEEPALIVED_CONF, env.get_template("keepalived.conf.j2").render(ctx),
-                     0o600 if kconf_secret else 0o644, "root:root", "keepalived",
-                     secret=kconf_secret),
-        RenderedFile(CHECK_SCRIPT, env.get_template("check-haproxy.sh.j2").render(ctx), 0o755,
-                     "root:root", "keepalived"),
-        RenderedFile(NOTIFY_SCRIPT, env.get_template("notify.sh.j2").render(ctx), 0o755,
-                     "root:root", "keepalived"),
-        RenderedFile("/etc/systemd/system/keepalived.service.d/edgekit.conf",
-                     env.get_template("keepalived-override.conf.j2").render(ctx), 0o644,
-                     "root:root", "systemd"),
-        RenderedFile("/etc/systemd/system/haproxy.service.d/edgekit.conf",
-                     env.get_template("haproxy-override.conf.j2").render(ctx), 0o644,
-                     "root:root", "systemd"),
-        RenderedFile("/etc/sysctl.d/60-edgekit.conf",
-                     env.get_template("sysctl.conf.j2").render(ctx), 0o644, "root:root",
-                     "sysctl"),
+        RenderedFile(
+            HAPROXY_CFG,
+            env.get_template("haproxy.cfg.j2").render(ctx),
+            0o644,
+            "root:root",
+            "haproxy",
+        ),
+        RenderedFile(
+            KEEPALIVED_CONF,
+            env.get_template("keepalived.conf.j2").render(ctx),
+            0o600 if kconf_secret else 0o644,
+            "root:root",
+            "keepalived",
+            secret=kconf_secret,
+        ),
+        RenderedFile(
+            CHECK_SCRIPT,
+            env.get_template("check-haproxy.sh.j2").render(ctx),
+            0o755,
+            "root:root",
+            "keepalived",
+        ),
+        RenderedFile(
+            NOTIFY_SCRIPT,
+            env.get_template("notify.sh.j2").render(ctx),
+            0o755,
+            "root:root",
+            "keepalived",
+        ),
+        RenderedFile(
+            "/etc/systemd/system/keepalived.service.d/edgekit.conf",
+            env.get_template("keepalived-override.conf.j2").render(ctx),
+            0o644,
+            "root:root",
+            "systemd",
+        ),
+        RenderedFile(
+            "/etc/systemd/system/haproxy.service.d/edgekit.conf",
+            env.get_template("haproxy-override.conf.j2").render(ctx),
+            0o644,
+            "root:root",
+            "systemd",
+        ),
+        RenderedFile(
+            "/etc/sysctl.d/60-edgekit.conf",
+            env.get_template("sysctl.conf.j2").render(ctx),
+            0o644,
+            "root:root",
+            "sysctl",
+        ),
         *render_firewall(loaded),
     ]
 
@@ -173,15 +229,28 @@ def render_firewall(loaded: Loaded) -> list[RenderedFile]:
     if not inv.firewall.enabled:
         return []
     env = _env()
-    ctx = {"inv": inv, "firewall_hash": inventory_hash(inv, firewall.SECTIONS),
-           "unit": firewall.UNIT, "ruleset": firewall.RULESET,
-           **firewall.ruleset_context(inv)}
+    ctx = {
+        "inv": inv,
+        "firewall_hash": inventory_hash(inv, firewall.SECTIONS),
+        "unit": firewall.UNIT,
+        "ruleset": firewall.RULESET,
+        **firewall.ruleset_context(inv),
+    }
     return [
-        RenderedFile(firewall.RULESET, env.get_template("firewall.nft.j2").render(ctx), 0o644,
-                     "root:root", "nftables"),
-        RenderedFile(firewall.UNIT_PATH,
-                     env.get_template("edgekit-firewall.service.j2").render(ctx), 0o644,
-                     "root:root", "systemd"),
+        RenderedFile(
+            firewall.RULESET,
+            env.get_template("firewall.nft.j2").render(ctx),
+            0o644,
+            "root:root",
+            "nftables",
+        ),
+        RenderedFile(
+            firewall.UNIT_PATH,
+            env.get_template("edgekit-firewall.service.j2").render(ctx),
+            0o644,
+            "root:root",
+            "systemd",
+        ),
     ]
 
 
@@ -190,39 +259,67 @@ def render_nodes(loaded: Loaded) -> list[RenderedFile]:
     fence ruleset and a README. Paths are relative to DIR/_nodes."""
     inv = loaded.inventory
     env = _env()
-    ctx = {"inv": inv, "fence_hash": inventory_hash(inv, firewall.FENCE_SECTIONS),
-           "fence_file": firewall.FENCE_FILE, **firewall.fence_context(inv)}
+    ctx = {
+        "inv": inv,
+        "fence_hash": inventory_hash(inv, firewall.FENCE_SECTIONS),
+        "fence_file": firewall.FENCE_FILE,
+        **firewall.fence_context(inv),
+    }
     return [
-        RenderedFile(f"/{firewall.FENCE_FILE}",
-                     env.get_template("nodeport-fence.nft.j2").render(ctx), 0o644, "root:root",
-                     "nftables"),
-        RenderedFile("/README.md", env.get_template("nodes-README.md.j2").render(ctx), 0o644,
-                     "root:root", "none"),
+        RenderedFile(
+            f"/{firewall.FENCE_FILE}",
+            env.get_template("nodeport-fence.nft.j2").render(ctx),
+            0o644,
+            "root:root",
+            "nftables",
+        ),
+        RenderedFile(
+            "/README.md",
+            env.get_template("nodes-README.md.j2").render(ctx),
+            0o644,
+            "root:root",
+            "none",
+        ),
     ]
 
 
-def render_peer(loaded: Loaded, peer_name: str) -> list[RenderedFile]:
-    """Every file for one peer: the shared ones plus its environment files."""
+def render_peer(
+    loaded: Loaded, peer_name: str, shared: list[RenderedFile] | None = None
+) -> list[RenderedFile]:
+    """Every file for one peer: the shared ones (`shared`, when already rendered) plus
+    its environment files."""
     env = _env()
     ctx = _context(loaded)
     peer = next(p for p in loaded.inventory.peers if p.name == peer_name)
     ctx = {**ctx, "peer": peer, "stats_password": loaded.secrets.stats_password}
     return [
-        *render_shared(loaded),
-        RenderedFile("/etc/default/haproxy", env.get_template("default-haproxy.j2").render(ctx),
-                     0o600, "root:root", "haproxy", secret=True),
-        RenderedFile("/etc/default/keepalived",
-                     env.get_template("default-keepalived.j2").render(ctx), 0o644, "root:root",
-                     "keepalived"),
+        *(render_shared(loaded) if shared is None else shared),
+        RenderedFile(
+            "/etc/default/haproxy",
+            env.get_template("default-haproxy.j2").render(ctx),
+            0o600,
+            "root:root",
+            "haproxy",
+            secret=True,
+        ),
+        RenderedFile(
+            "/etc/default/keepalived",
+            env.get_template("default-keepalived.j2").render(ctx),
+            0o644,
+            "root:root",
+            "keepalived",
+        ),
     ]
 
 
 def render_all(loaded: Loaded) -> dict[str, list[RenderedFile]]:
-    return {p.name: render_peer(loaded, p.name) for p in loaded.inventory.peers}
+    shared = render_shared(loaded)  # identical on every peer: rendered once
+    return {p.name: render_peer(loaded, p.name, shared) for p in loaded.inventory.peers}
 
 
-def manifest(loaded: Loaded, files: dict[str, list[RenderedFile]],
-             nodes: list[RenderedFile] | None = None) -> dict[str, object]:
+def manifest(
+    loaded: Loaded, files: dict[str, list[RenderedFile]], nodes: list[RenderedFile] | None = None
+) -> dict[str, object]:
     """Every peer's files; with `nodes`, also the files for DIR/_nodes (the node fence)."""
     data: dict[str, object] = {
         "cluster": loaded.inventory.cluster,
@@ -230,8 +327,7 @@ def manifest(loaded: Loaded, files: dict[str, list[RenderedFile]],
         "peers": {name: [f.manifest_entry() for f in fs] for name, fs in files.items()},
     }
     if nodes is not None:
-        data["nodes"] = {"dir": firewall.NODES_DIR,
-                         "files": [f.manifest_entry() for f in nodes]}
+        data["nodes"] = {"dir": firewall.NODES_DIR, "files": [f.manifest_entry() for f in nodes]}
     return data
 
 
@@ -255,3 +351,117 @@ def write_tree(loaded: Loaded, out: Path) -> dict[str, object]:
     data = manifest(loaded, files, nodes)
     (out / "manifest.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
+
+
+_TIMEOUT_KEYS = {
+    "connect": "haproxy.connect_timeout",
+    "client": "haproxy.client_timeout",
+    "server": "haproxy.server_timeout",
+}
+
+
+def haproxy_sources(inv: Inventory, text: str) -> dict[int, str]:
+    """Which inventory key each line of a rendered haproxy.cfg comes from (line -> key
+    path), so that an error haproxy -c reports on a line can name the key to fix."""
+    out: dict[int, str] = {}
+    services = {s.name: i for i, s in enumerate(inv.services)}
+    peers = {p.name: j for j, p in enumerate(inv.peers)}
+    section, name, option = "", "", 0
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        words = line.split()
+        if not words or line.startswith(("#", ".")):
+            continue
+        if not raw[0].isspace():  # a section header
+            section, name, option = words[0], (words[1] if len(words) > 1 else ""), 0
+            if name in services and section in ("frontend", "backend"):
+                out[n] = f"services[{services[name]}].name"
+            continue
+        key = _haproxy_key(inv, section, name, words, services, peers)
+        if key is None and section == "backend" and name in services:
+            i = services[name]
+            opts = inv.services[i].haproxy_options
+            while option < len(opts) and opts[option].strip() != line:
+                option += 1
+            if option < len(opts):
+                key = f"services[{i}].haproxy_options[{option}]"
+                option += 1
+        if key:
+            out[n] = key
+    return out
+
+
+def _haproxy_key(
+    inv: Inventory,
+    section: str,
+    name: str,
+    words: list[str],
+    services: dict[str, int],
+    peers: dict[str, int],
+) -> str | None:
+    first = words[0]
+    if section == "global" and first == "maxconn":
+        return "haproxy.maxconn"
+    if section == "defaults" and first == "timeout" and len(words) > 1:
+        return _TIMEOUT_KEYS.get(words[1])
+    if section == "peers" and first == "peer" and len(words) > 1 and words[1] in peers:
+        return f"peers[{peers[words[1]]}]"
+    if section == "userlist" and first == "user":
+        return "stats.user"
+    if section == "frontend" and name == "stats":
+        return {"bind": "stats.port", "stats": "stats.uri"}.get(first)
+    if name not in services:
+        return None
+    i = services[name]
+    svc = inv.services[i]
+    if section == "frontend":
+        return {"bind": f"services[{i}].listen", "timeout": f"services[{i}].timeout"}.get(first)
+    if first == "server" and len(words) > 1:
+        servers = inv.backends.get(svc.backend, [])
+        k = next((k for k, s in enumerate(servers) if s.name == words[1]), None)
+        return None if k is None else f"backends.{svc.backend}[{k}]"
+    if first == "http-check":
+        return f"services[{i}].health"
+    if first in ("stick-table", "stick"):
+        return f"services[{i}].sticky"
+    known = {"balance": "balance", "timeout": "timeout"}
+    return f"services[{i}].{known[first]}" if first in known else None
+
+
+_KEEPALIVED_WORD = re.compile(r"^(?:@\^?(\S+)\s+)?(\S+)")
+
+
+def keepalived_sources(inv: Inventory, text: str) -> dict[int, str]:
+    """Which inventory key each line of a rendered keepalived.conf comes from."""
+    out: dict[int, str] = {}
+    vrids = {str(v.vrid): i for i, v in enumerate(inv.vips)}
+    peers = {p.name: j for j, p in enumerate(inv.peers)}
+    vip = -1
+    for n, raw in enumerate(text.splitlines(), start=1):
+        match = _KEEPALIVED_WORD.match(raw.strip())
+        if not match:
+            continue
+        who, word = match.groups()
+        if word == "vrrp_instance":
+            vip = vrids.get(raw.split("VI_", 1)[-1].split()[0], -1)
+        j = peers.get(who or "")
+        if word == "interface" and j is not None and vip >= 0:
+            peer, v = inv.peers[j], inv.vips[vip]
+            out[n] = (
+                f"peers[{j}].interface"
+                if peer.interface
+                else f"vips[{vip}].interface"
+                if v.interface
+                else "vrrp.interface"
+            )
+        elif word == "auth_pass":
+            out[n] = "vrrp.auth_pass_env" if inv.vrrp.auth_pass_env else "vrrp.auth_pass_file"
+        elif vip >= 0 and word in ("virtual_router_id", "version", "advert_int"):
+            out[n] = {
+                "virtual_router_id": f"vips[{vip}].vrid",
+                "version": "vrrp.version",
+                "advert_int": "vrrp.advert_int",
+            }[word]
+        elif j is not None and word in ("unicast_src_ip", "router_id"):
+            out[n] = f"peers[{j}].address" if word == "unicast_src_ip" else f"peers[{j}].name"
+    return out
