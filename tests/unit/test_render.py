@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ import yaml
 from edgekit import render
 from edgekit.inventory import Loaded, load_inventory
 from edgekit.render import RenderedFile
+from tests.cli import Result, run
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOOD = sorted((DATA / "good").glob("*.yaml"))
@@ -59,6 +57,7 @@ def stats_password(loaded: Loaded) -> str:
 
 
 # --- parsers for the rendered text ----------------------------------------------------------
+
 
 def resolve(conf: str, peer: str) -> list[str]:
     """keepalived's config-id filter: keep plain lines, `@NAME` lines for NAME == peer and
@@ -109,7 +108,7 @@ def inner(body: list[str], keyword: str) -> list[str]:
     """The lines of a nested `keyword {` ... `}` block inside a block body."""
     start = body.index(f"{keyword} {{")
     end = body.index("}", start)
-    return body[start + 1:end]
+    return body[start + 1 : end]
 
 
 def sections(cfg: str) -> dict[str, list[str]]:
@@ -135,6 +134,7 @@ def test_section_parser_reads_bodies() -> None:
 
 
 # --- identical and deterministic -----------------------------------------------------------
+
 
 def test_there_are_enough_good_inventories() -> None:
     assert len(GOOD) >= 6
@@ -246,6 +246,7 @@ def test_rendered_text_has_no_timestamps() -> None:
 
 # --- manifest and secrets ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
 def test_manifest_lists_every_file_with_matching_sha256(path: Path) -> None:
     loaded = load(path)
@@ -305,6 +306,7 @@ def test_vrrp_auth_pass_makes_keepalived_conf_private() -> None:
 
 # --- haproxy.cfg ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
 def test_every_server_line_has_a_health_check(path: Path) -> None:
     loaded, files = rendered(path)
@@ -322,8 +324,10 @@ def test_stats_never_binds_a_vip(path: Path) -> None:
     inv = loaded.inventory
     secs = sections(next(iter(files.values()))[HAPROXY_CFG].content)
     binds = [ln for ln in secs["frontend stats"] if ln.startswith("bind ")]
-    assert binds == [f'bind "${{EDGEKIT_PEER_ADDR}}:{inv.stats.port}"',
-                     f"bind 127.0.0.1:{inv.stats.port}"]
+    assert binds == [
+        f'bind "${{EDGEKIT_PEER_ADDR}}:{inv.stats.port}"',
+        f"bind 127.0.0.1:{inv.stats.port}",
+    ]
     for vip in inv.vips:
         assert not any(str(vip.address.ip) in b for b in binds)
     body = "\n".join(secs["frontend stats"])
@@ -367,13 +371,16 @@ def test_sticky_services_replicate_their_stick_table_between_peers() -> None:
     secs = sections(files["lb1"][HAPROXY_CFG].content)
     assert 'localpeer "${EDGEKIT_PEER_NAME}"' in secs["global"]
     assert secs["peers edgekit"] == [
-        f"peer {p.name} {p.address}:{inv.haproxy.peers_port}" for p in inv.peers]
+        f"peer {p.name} {p.address}:{inv.haproxy.peers_port}" for p in inv.peers
+    ]
     for svc in inv.services:
         body = secs[f"backend {svc.name}"]
         sticky = [ln for ln in body if ln.startswith("stick")]
         if svc.sticky:
-            assert sticky == ["stick-table type ip size 200k expire 30m peers edgekit",
-                              "stick on src"]
+            assert sticky == [
+                "stick-table type ip size 200k expire 30m peers edgekit",
+                "stick on src",
+            ]
         else:
             assert sticky == []
 
@@ -393,8 +400,7 @@ def test_proxy_protocol_v2_is_sent_to_every_server() -> None:
         for words in servers:
             assert "send-proxy-v2" in words and "check-send-proxy" in words
     # and a per-server port overrides the service port
-    assert any(ln.startswith("server ing2 172.16.6.12:31443 ")
-               for ln in secs["backend https"])
+    assert any(ln.startswith("server ing2 172.16.6.12:31443 ") for ln in secs["backend https"])
 
 
 def test_http_and_https_health_checks_use_path_and_status() -> None:
@@ -416,6 +422,7 @@ def test_http_and_https_health_checks_use_path_and_status() -> None:
 
 
 # --- keepalived.conf -----------------------------------------------------------------------
+
 
 def _keepalived(path: Path) -> tuple[Loaded, str]:
     loaded, files = rendered(path)
@@ -545,7 +552,7 @@ def test_vrrp_version_2_with_auth() -> None:
     _, conf = _keepalived(DATA / "good" / "vrrp2-auth.yaml")
     body = blocks(resolve(conf, "proxy1"), "vrrp_instance")["VI_60"]
     assert "version 2" in body and "advert_int 1" in body
-    assert inner(body, "authentication") == ["auth_type PASS", f"auth_pass {VRRP_PASS}"]
+    assert inner(body, "authentication") == ["auth_type PASS", f'auth_pass "{VRRP_PASS}"']
 
 
 def test_maxconn_and_timeouts_come_from_the_inventory() -> None:
@@ -554,8 +561,9 @@ def test_maxconn_and_timeouts_come_from_the_inventory() -> None:
     assert "maxconn 50000" in secs["global"]
     assert "timeout client 2m" in secs["defaults"]
     _, files = rendered(DATA / "good" / "issue-example.yaml")
-    assert not any(ln.startswith("maxconn") for ln in
-                   sections(files["proxy1"][HAPROXY_CFG].content)["global"])
+    assert not any(
+        ln.startswith("maxconn") for ln in sections(files["proxy1"][HAPROXY_CFG].content)["global"]
+    )
 
 
 def test_sub_second_advert_uses_version_3() -> None:
@@ -566,12 +574,13 @@ def test_sub_second_advert_uses_version_3() -> None:
 
 # --- the other files -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
 def test_systemd_dropin_restarts_keepalived_after_a_crash(path: Path) -> None:
     _, files = rendered(path)
     dropin = next(iter(files.values()))["/etc/systemd/system/keepalived.service.d/edgekit.conf"]
     lines = [ln.strip() for ln in dropin.content.splitlines()]
-    assert lines[lines.index("[Service]") + 1:].count("Restart=on-failure") == 1
+    assert lines[lines.index("[Service]") + 1 :].count("Restart=on-failure") == 1
     assert dropin.service == "systemd"
 
 
@@ -614,15 +623,13 @@ def test_every_file_ends_with_a_newline(path: Path) -> None:
 
 # --- writing the tree ----------------------------------------------------------------------
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EDGEKIT_STATS_PASSWORD": STRONG, "EDGEKIT_VRRP_PASS": VRRP_PASS}
-    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+
+def _cli(*args: str) -> Result:
+    return run(*args, env={"EDGEKIT_STATS_PASSWORD": STRONG, "EDGEKIT_VRRP_PASS": VRRP_PASS})
 
 
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
-def test_render_command_writes_the_tree_the_manifest_describes(path: Path,
-                                                               tmp_path: Path) -> None:
+def test_render_command_writes_the_tree_the_manifest_describes(path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = _cli("render", "-i", str(path), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
