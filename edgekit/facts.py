@@ -48,8 +48,11 @@ class FirewallFacts:
     @property
     def present(self) -> bool:
         """Anything of edgekit's firewall on the host."""
-        return (self.table.present or self.unit_enabled != ""
-                or self.unit_active in ("active", "activating"))
+        return (
+            self.table.present
+            or self.unit_enabled != ""
+            or self.unit_active in ("active", "activating")
+        )
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,13 @@ def firewall_command(compare: bool) -> str:
     values), which catches hand edits that a file hash cannot see."""
     table = f"inet {firewall.TABLE}"
     rs = shlex.quote(firewall.RULESET)
-    compare_sh = (f"""  if [ -f {rs} ] && want=$(unshare --net sh -c 'nft -f "$1" && nft -s list table {table}' sh {rs} 2>/dev/null) && [ -n "$want" ]; then
+    compare_sh = (
+        f"""  if [ -f {rs} ] && want=$(unshare --net sh -c 'nft -f "$1" && nft -s list table {table}' sh {rs} 2>/dev/null) && [ -n "$want" ]; then
     if [ "$live" = "$want" ]; then echo 'table match'; else echo 'table differs'; fi
-  else echo 'table loaded'; fi""" if compare else "  echo 'table loaded'")
+  else echo 'table loaded'; fi"""
+        if compare
+        else "  echo 'table loaded'"
+    )
     return f"""echo '@firewall'
 printf 'unit %s %s\\n' "$(systemctl is-active {firewall.UNIT} 2>/dev/null)" "$(systemctl is-enabled {firewall.UNIT} 2>/dev/null)"
 if ! command -v nft >/dev/null 2>&1; then echo 'table no-nft'
@@ -168,8 +175,10 @@ def parse_facts(text: str) -> HostFacts:
     for line in s.get("units", []):
         parts = line.split()
         if parts:
-            facts.units[parts[0]] = (parts[1] if len(parts) > 1 else "unknown",
-                                     parts[2] if len(parts) > 2 else "unknown")
+            facts.units[parts[0]] = (
+                parts[1] if len(parts) > 1 else "unknown",
+                parts[2] if len(parts) > 2 else "unknown",
+            )
     hap = s.get("haproxy", [])
     if hap and hap[0].strip().isdigit():
         facts.haproxy_master = int(hap[0].strip())

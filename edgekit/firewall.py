@@ -40,8 +40,8 @@ def collapse(nets: Iterable[Network]) -> list[Network]:
         )
         for net in family:
             if not any(
-                net.subnet_of(kept)
-                for kept in out  # type: ignore[arg-type]
+                net.subnet_of(kept)  # type: ignore[arg-type]
+                for kept in out
                 if kept.version == version
             ):
                 out.append(net)

@@ -31,11 +31,11 @@ class Timing:
 
 
 class ApplyError(OperationError):
-    def __init__(self, host: str, reason: str, *, rolled_back: bool,
-                 tail: str | None = None) -> None:
+    def __init__(
+        self, host: str, reason: str, *, rolled_back: bool, tail: str | None = None
+    ) -> None:
         if tail is None:
-            tail = ("; its previous files were restored" if rolled_back
-                    else "; nothing was changed")
+            tail = "; its previous files were restored" if rolled_back else "; nothing was changed"
         super().__init__(f"{host}: {reason}{tail}")
         self.host = host
         self.reason = reason
@@ -61,8 +61,9 @@ def _stage(host: Transport, files: list[RenderedFile]) -> str:
     for f in files:
         host.put(f.content, f"{user_dir}{f.path}", 0o600)
     # A root-owned tree under /run: keepalived's script security accepts nothing else.
-    chmods = "\n".join(f"chmod {f.mode:04o} \"$R\"{_q(f.path)}; chown {_q(f.owner)} \"$R\""
-                       f"{_q(f.path)}" for f in files)
+    chmods = "\n".join(
+        f'chmod {f.mode:04o} "$R"{_q(f.path)}; chown {_q(f.owner)} "$R"{_q(f.path)}' for f in files
+    )
     script = f"""set -eu
 R=$(mktemp -d /run/edgekit-stage.XXXXXX)
 cp -r {_q(user_dir)}/. "$R"/
@@ -77,8 +78,10 @@ echo "$R"
 
 def validate_staged(host: Transport, stage: str, peer: str) -> Result:
     """haproxy -c with the staged environment, keepalived -t over the staged /etc/keepalived."""
-    keepalived = (f'mount --bind {_q(stage)}/etc/keepalived /etc/keepalived && '
-                  f'exec keepalived -t -f {KEEPALIVED_CONF} -i {_q(peer)}')
+    keepalived = (
+        f"mount --bind {_q(stage)}/etc/keepalived /etc/keepalived && "
+        f"exec keepalived -t -f {KEEPALIVED_CONF} -i {_q(peer)}"
+    )
     script = f"""set -u
 out=$( (set -a; . {_q(stage)}/etc/default/haproxy; set +a;
         haproxy -c -q -f {_q(stage)}{HAPROXY_CFG}) 2>&1 ) || {{
@@ -105,19 +108,25 @@ def _install_script(stage: str, plan: HostPlan, expected: dict[str, str]) -> str
     lines = ["set -eu"]
     for path, digest in sorted(expected.items()):
         qp = _q(path)
-        lines.append(f'if [ -e {qp} ]; then h=$(sha256sum < {qp} | cut -d" " -f1); '
-                     f'else h=absent; fi; [ "$h" = {_q(digest)} ] || {{ echo "{path} changed '
-                     f'on the host since the plan was made" >&2; exit {CHANGED_SINCE_PLAN}; }}')
+        lines.append(
+            f'if [ -e {qp} ]; then h=$(sha256sum < {qp} | cut -d" " -f1); '
+            f'else h=absent; fi; [ "$h" = {_q(digest)} ] || {{ echo "{path} changed '
+            f'on the host since the plan was made" >&2; exit {CHANGED_SINCE_PLAN}; }}'
+        )
     lines += [f"B={BACKUP_DIR}", 'rm -rf "$B"', 'mkdir -p "$B"', ': > "$B/ABSENT"']
     for path in plan.paths():
         qp = _q(path)
-        lines.append(f'if [ -e {qp} ]; then mkdir -p "$B"$(dirname {qp}); cp -a {qp} "$B"{qp}; '
-                     f'else echo {qp} >> "$B/ABSENT"; fi')
+        lines.append(
+            f'if [ -e {qp} ]; then mkdir -p "$B"$(dirname {qp}); cp -a {qp} "$B"{qp}; '
+            f'else echo {qp} >> "$B/ABSENT"; fi'
+        )
     for path in plan.paths():
         qp = _q(path)
         # Same directory, then rename: readers see the old or the new file, never half.
-        lines.append(f"mkdir -p $(dirname {qp}) && cp -a {_q(stage)}{qp} {qp}.edgekit-new "
-                     f"&& mv -f {qp}.edgekit-new {qp}")
+        lines.append(
+            f"mkdir -p $(dirname {qp}) && cp -a {_q(stage)}{qp} {qp}.edgekit-new "
+            f"&& mv -f {qp}.edgekit-new {qp}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -158,70 +167,102 @@ def service_actions(plan: HostPlan, facts_units: dict[str, tuple[str, str]]) -> 
 
 def health_command(instances: list[str], stats_port: int) -> str:
     checks = " && ".join(
-        f'[ -f /run/edgekit/{i}.state ] && ! grep -qx FAULT /run/edgekit/{i}.state'
-        for i in instances)
-    return (f"systemctl is-active -q haproxy && systemctl is-active -q keepalived && "
-            f"pgrep -x haproxy >/dev/null && "
-            f"timeout 2 bash -c '</dev/tcp/127.0.0.1/{stats_port}' && {checks or 'true'}")
+        f"[ -f /run/edgekit/{i}.state ] && ! grep -qx FAULT /run/edgekit/{i}.state"
+        for i in instances
+    )
+    return (
+        f"systemctl is-active -q haproxy && systemctl is-active -q keepalived && "
+        f"pgrep -x haproxy >/dev/null && "
+        f"timeout 2 bash -c '</dev/tcp/127.0.0.1/{stats_port}' && {checks or 'true'}"
+    )
 
 
-def wait_healthy(host: Transport, instances: list[str], stats_port: int,
-                 timeout: float) -> str | None:
+def wait_healthy(
+    host: Transport, instances: list[str], stats_port: int, timeout: float
+) -> str | None:
     """None when healthy, else the reason it was not, after `timeout` seconds."""
     command = health_command(instances, stats_port)
     if wait_until(lambda: host.run(command, sudo=True, timeout=15).ok, timeout, 0.3):
         return None
     why = host.run(
         "for u in haproxy keepalived; do printf '%s=%s ' $u $(systemctl is-active $u);"
-        " done; cat /run/edgekit/*.state 2>/dev/null | tr '\\n' ' '", sudo=True)
+        " done; cat /run/edgekit/*.state 2>/dev/null | tr '\\n' ' '",
+        sudo=True,
+    )
     return f"not healthy after {timeout:.0f}s ({why.stdout.strip()})"
 
 
 def install_packages(host: Transport, packages: list[str], progress: Progress) -> None:
     progress(f"{host.name}: installing {' '.join(packages)}")
-    host.check("DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-               + " ".join(_q(p) for p in packages), "apt-get install", sudo=True, timeout=600)
+    host.check(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q " + " ".join(_q(p) for p in packages),
+        "apt-get install",
+        sudo=True,
+        timeout=600,
+    )
 
 
-def apply_host(host: Transport, peer: str, plan: HostPlan, files: list[RenderedFile],
-               facts: HostFacts, instances: list[str], stats_port: int,
-               progress: Progress, *, firewall_load: bool = False,
-               timing: Timing | None = None) -> ApplyResult:
+def apply_host(
+    host: Transport,
+    peer: str,
+    plan: HostPlan,
+    files: list[RenderedFile],
+    facts: HostFacts,
+    instances: list[str],
+    stats_port: int,
+    progress: Progress,
+    *,
+    firewall_load: bool = False,
+    timing: Timing | None = None,
+) -> ApplyResult:
     """Apply the plan made from `facts`. `firewall_load`: (re)load the firewall although
     its files did not change (the loaded table differs from them, or its unit is not
     running)."""
     timing = timing or Timing()
     units = dict(facts.units)
-    expected = {f.path: live_hash(facts.files[f.path].content if f.path in facts.files
-                                  else None) for f in files}
+    expected = {
+        f.path: live_hash(facts.files[f.path].content if f.path in facts.files else None)
+        for f in files
+    }
     if plan.missing_packages:
         install_packages(host, plan.missing_packages, progress)
         units = {u: ("inactive", "enabled") for u in units}  # re-read below when it matters
-        refreshed = host.run("for u in haproxy keepalived; do echo $u $(systemctl is-active $u)"
-                             " $(systemctl is-enabled $u); done", sudo=True)
-        units = {ln.split()[0]: (ln.split()[1], ln.split()[2]) for ln in
-                 refreshed.stdout.splitlines() if len(ln.split()) == 3}
+        refreshed = host.run(
+            "for u in haproxy keepalived; do echo $u $(systemctl is-active $u)"
+            " $(systemctl is-enabled $u); done",
+            sudo=True,
+        )
+        units = {
+            ln.split()[0]: (ln.split()[1], ln.split()[2])
+            for ln in refreshed.stdout.splitlines()
+            if len(ln.split()) == 3
+        }
     actions = service_actions(plan, units)
     load_fw = firewall_load or bool({firewall.RULESET, firewall.UNIT_PATH} & set(plan.paths()))
     stage = _stage(host, files)
     try:
         check = validate_staged(host, stage, peer)
         if not check.ok:
-            raise ApplyError(host.name, f"validation failed: {check.last_line()}",
-                             rolled_back=False)
+            raise ApplyError(
+                host.name, f"validation failed: {check.last_line()}", rolled_back=False
+            )
         checked = "haproxy -c, keepalived -t" + (
-            ", nft -c" if any(f.path == firewall.RULESET for f in files) else "")
-        progress(f"{host.name}: validated ({checked}); installing "
-                 f"{len(plan.changes)} file(s)")
+            ", nft -c" if any(f.path == firewall.RULESET for f in files) else ""
+        )
+        progress(f"{host.name}: validated ({checked}); installing {len(plan.changes)} file(s)")
         try:
             installed = host.run(_install_script(stage, plan, expected), sudo=True)
             if installed.exit_code == CHANGED_SINCE_PLAN:
-                raise ApplyError(host.name, f"refused: {installed.last_line()}; run deploy "
-                                 "again to see the new diff", rolled_back=False)
+                raise ApplyError(
+                    host.name,
+                    f"refused: {installed.last_line()}; run deploy again to see the new diff",
+                    rolled_back=False,
+                )
             if not installed.ok:
                 _rollback(host, plan, progress)
-                raise ApplyError(host.name, f"installing files failed: "
-                                 f"{installed.last_line()}", rolled_back=True)
+                raise ApplyError(
+                    host.name, f"installing files failed: {installed.last_line()}", rolled_back=True
+                )
             reason = None
             if load_fw:
                 # First, before haproxy or keepalived see a new file: if the firewall cuts
@@ -258,17 +299,22 @@ def _run_actions(host: Transport, actions: list[str], progress: Progress) -> str
     return None
 
 
-def _load_firewall(host: Transport, actions: list[str], progress: Progress,
-                   timing: Timing) -> str | None:
+def _load_firewall(
+    host: Transport, actions: list[str], progress: Progress, timing: Timing
+) -> str | None:
     """Load the installed ruleset commit-confirmed; the reason it failed, else None.
     ApplyError when the host had to restore itself (deploy must not touch it again)."""
     if "systemctl daemon-reload" in actions:  # the unit file may be new or changed
         result = host.run("systemctl daemon-reload", sudo=True, timeout=60)
         if not result.ok:
             return f"`systemctl daemon-reload` failed: {result.last_line()}"
-    outcome = fw_load.load_confirmed(host, _restore_script(), progress,
-                                     window=timing.firewall_window_s,
-                                     reconnect=timing.firewall_reconnect_s)
+    outcome = fw_load.load_confirmed(
+        host,
+        _restore_script(),
+        progress,
+        window=timing.firewall_window_s,
+        reconnect=timing.firewall_reconnect_s,
+    )
     if outcome.host_restored:
         raise ApplyError(host.name, outcome.reason, rolled_back=True, tail="")
     if not outcome.ok:
@@ -279,8 +325,9 @@ def _load_firewall(host: Transport, actions: list[str], progress: Progress,
     return None
 
 
-def _rollback(host: Transport, plan: HostPlan, progress: Progress,
-              firewall_loaded: bool = False) -> None:
+def _rollback(
+    host: Transport, plan: HostPlan, progress: Progress, firewall_loaded: bool = False
+) -> None:
     progress(f"{host.name}: rolling back to the previous files")
     host.run(_restore_script(), sudo=True)
     touched = plan.services_touched()
@@ -293,7 +340,9 @@ def _rollback(host: Transport, plan: HostPlan, progress: Progress,
             continue
         # The old files were serving before; bring the unit back to them.
         verb = "restart" if f"/etc/default/{unit}" in paths else "reload"
-        cmds.append(f"if systemctl is-active -q {unit}; then systemctl {verb} {unit}; "
-                    f"elif [ -s {conf} ]; then systemctl start {unit}; fi")
+        cmds.append(
+            f"if systemctl is-active -q {unit}; then systemctl {verb} {unit}; "
+            f"elif [ -s {conf} ]; then systemctl start {unit}; fi"
+        )
     for cmd in cmds:
         host.run(cmd, sudo=True, timeout=60)

@@ -52,14 +52,20 @@ def admin_source(inv: Inventory, host: Transport) -> str:
     result = host.run('echo "${SSH_CONNECTION:-}"', timeout=30)
     seen = firewall.parse_ssh_connection(result.stdout.strip())
     if seen is None:
-        raise HostError(host.name, "cannot tell which address this machine connects from "
-                        "($SSH_CONNECTION is empty on the host); refusing to load a firewall",
-                        hint="or set firewall.enabled: false")
+        raise HostError(
+            host.name,
+            "cannot tell which address this machine connects from "
+            "($SSH_CONNECTION is empty on the host); refusing to load a firewall",
+            hint="or set firewall.enabled: false",
+        )
     client, port = seen
     reason = firewall.admin_refusal(inv, client, port)
     if reason:
-        raise HostError(host.name, f"refusing to deploy the firewall: {reason}; nothing was "
-                        "changed", hint="add this machine's address to firewall.admin_cidrs")
+        raise HostError(
+            host.name,
+            f"refusing to deploy the firewall: {reason}; nothing was changed",
+            hint="add this machine's address to firewall.admin_cidrs",
+        )
     return client
 
 
@@ -81,7 +87,7 @@ def with_test_lockout(files: list[RenderedFile], client: str) -> list[RenderedFi
     for f in files:
         if f.path == firewall.RULESET:
             assert hook in f.content
-            rule = (f'        ip saddr {client} drop comment "TEST ONLY: {LOCKOUT_ENV}"\n')
+            rule = f'        ip saddr {client} drop comment "TEST ONLY: {LOCKOUT_ENV}"\n'
             f = dataclasses.replace(f, content=f.content.replace(hook, hook + rule))
         out.append(f)
     return out
@@ -162,18 +168,22 @@ if [ -f {ROLLED_BACK_MARKER} ]; then echo "rolled back $(cat {ROLLED_BACK_MARKER
 
 def restore_table_command() -> str:
     """Put the table back as it was before this deploy (for a rollback by deploy itself)."""
-    return (f"if [ -s {PREVIOUS} ]; then nft -f {PREVIOUS}; else systemctl stop "
-            f"{firewall.UNIT} 2>/dev/null; nft delete table inet {firewall.TABLE} "
-            "2>/dev/null; true; fi")
+    return (
+        f"if [ -s {PREVIOUS} ]; then nft -f {PREVIOUS}; else systemctl stop "
+        f"{firewall.UNIT} 2>/dev/null; nft delete table inet {firewall.TABLE} "
+        "2>/dev/null; true; fi"
+    )
 
 
 def removal_command() -> str:
     """firewall.enabled: false after edgekit managed it: take table, unit and files away."""
-    return (f"systemctl disable --now -q {firewall.UNIT} 2>/dev/null; "
-            f"nft delete table inet {firewall.TABLE} 2>/dev/null; "
-            f"rm -f {_q(firewall.RULESET)} {_q(firewall.UNIT_PATH)}; "
-            f"rmdir {_q(firewall.RULESET.rsplit('/', 1)[0])} 2>/dev/null; "
-            "systemctl daemon-reload")
+    return (
+        f"systemctl disable --now -q {firewall.UNIT} 2>/dev/null; "
+        f"nft delete table inet {firewall.TABLE} 2>/dev/null; "
+        f"rm -f {_q(firewall.RULESET)} {_q(firewall.UNIT_PATH)}; "
+        f"rmdir {_q(firewall.RULESET.rsplit('/', 1)[0])} 2>/dev/null; "
+        "systemctl daemon-reload"
+    )
 
 
 def _reconnect(host: Transport, timeout: float, command: str) -> str | None:
@@ -194,17 +204,24 @@ def _reconnect(host: Transport, timeout: float, command: str) -> str | None:
     return wait_until(attempt, timeout, interval=0.5)
 
 
-def load_confirmed(host: Transport, restore_files: str, progress: Progress,
-                   window: float = WINDOW_S, reconnect: float = RECONNECT_S) -> LoadOutcome:
+def load_confirmed(
+    host: Transport,
+    restore_files: str,
+    progress: Progress,
+    window: float = WINDOW_S,
+    reconnect: float = RECONNECT_S,
+) -> LoadOutcome:
     """Arm the rollback timer, load the installed ruleset, confirm over a new connection."""
-    armed = host.check(arm_script(restore_files, window), "arming the firewall rollback",
-                       sudo=True, timeout=60).stdout.strip()
+    armed = host.check(
+        arm_script(restore_files, window), "arming the firewall rollback", sudo=True, timeout=60
+    ).stdout.strip()
     started = time.monotonic()
-    progress(f"{host.name}: loading the firewall; the host restores the previous one in "
-             f"{window:.0f}s unless a new SSH connection confirms it ({armed})")
+    progress(
+        f"{host.name}: loading the firewall; the host restores the previous one in "
+        f"{window:.0f}s unless a new SSH connection confirms it ({armed})"
+    )
     try:
-        loaded = host.run(f"systemctl reload-or-restart {firewall.UNIT}", sudo=True,
-                          timeout=15)
+        loaded = host.run(f"systemctl reload-or-restart {firewall.UNIT}", sudo=True, timeout=15)
         if not loaded.ok:
             # nft loads a file in one transaction: nothing changed. Stop the timer now.
             host.run(cancel_script(), sudo=True, timeout=60)
@@ -216,24 +233,37 @@ def load_confirmed(host: Transport, restore_files: str, progress: Progress,
         progress(f"{host.name}: firewall confirmed over a new SSH connection")
         return LoadOutcome(True)
     if answer is not None:  # the timer fired first: the host has already restored
-        return LoadOutcome(False, f"the firewall was confirmed too late: the host had "
-                           f"already restored the previous one ({answer})", host_restored=True)
+        return LoadOutcome(
+            False,
+            f"the firewall was confirmed too late: the host had "
+            f"already restored the previous one ({answer})",
+            host_restored=True,
+        )
     # Leave the host alone: its own timer restores the previous firewall and files.
     host.close()
-    progress(f"{host.name}: no new SSH connection within {reconnect:.0f}s; waiting for the "
-             "host to restore its previous firewall by itself")
+    progress(
+        f"{host.name}: no new SSH connection within {reconnect:.0f}s; waiting for the "
+        "host to restore its previous firewall by itself"
+    )
     # The host's timer fires at `window`; give it a moment more (less in a short test).
     time.sleep(max(0.0, started + window + min(2.0, window) - time.monotonic()))
-    seen = _reconnect(host, min(20.0, window),
-                      f"cat {ROLLED_BACK_MARKER} 2>/dev/null || echo none")
-    what = (f"the new firewall cut this machine's SSH (no new connection within "
-            f"{reconnect:.0f}s)")
+    seen = _reconnect(host, min(20.0, window), f"cat {ROLLED_BACK_MARKER} 2>/dev/null || echo none")
+    what = f"the new firewall cut this machine's SSH (no new connection within {reconnect:.0f}s)"
     if seen is None:
-        return LoadOutcome(False, f"{what}; the host should have restored its previous "
-                           f"firewall after {window:.0f}s but is still unreachable",
-                           host_restored=True)
+        return LoadOutcome(
+            False,
+            f"{what}; the host should have restored its previous "
+            f"firewall after {window:.0f}s but is still unreachable",
+            host_restored=True,
+        )
     if seen == "none":
-        return LoadOutcome(False, f"{what}; reconnected later, but the host's rollback "
-                           "did not record a restore", host_restored=True)
-    return LoadOutcome(False, f"{what}; the host restored its previous firewall and files "
-                       f"by itself at {seen}", host_restored=True)
+        return LoadOutcome(
+            False,
+            f"{what}; reconnected later, but the host's rollback did not record a restore",
+            host_restored=True,
+        )
+    return LoadOutcome(
+        False,
+        f"{what}; the host restored its previous firewall and files by itself at {seen}",
+        host_restored=True,
+    )

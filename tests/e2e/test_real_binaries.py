@@ -48,8 +48,7 @@ def _ip(*args: str) -> None:
 
 
 def _netns_exists(name: str) -> bool:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     return any(line.split()[:1] == [name] for line in out.splitlines())
 
 
@@ -97,6 +96,7 @@ def _need_keepalived_check() -> None:
 
 # --- every good inventory, every peer -------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
 def test_haproxy_accepts_every_rendered_config(path: Path) -> None:
     need_program("haproxy")
@@ -111,8 +111,9 @@ def test_haproxy_accepts_every_rendered_config(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
-def test_keepalived_accepts_every_rendered_config(path: Path, netns: Callable[[set[str]], str]
-                                                  ) -> None:
+def test_keepalived_accepts_every_rendered_config(
+    path: Path, netns: Callable[[set[str]], str]
+) -> None:
     _need_keepalived_check()
     loaded = load_inventory(path)
     ns = netns(_interfaces(loaded))
@@ -125,6 +126,7 @@ def test_keepalived_accepts_every_rendered_config(path: Path, netns: Callable[[s
 
 
 # --- negative controls: the checks can fail ----------------------------------------------
+
 
 def _issue_example() -> tuple[Loaded, dict[str, list[RenderedFile]]]:
     loaded = load_inventory(DATA / "good" / "issue-example.yaml")
@@ -144,24 +146,30 @@ def test_haproxy_check_rejects_an_unknown_keyword() -> None:
 def test_haproxy_check_fails_without_the_environment_file() -> None:
     need_program("haproxy")
     _, files = _issue_example()
-    bad = [dataclasses.replace(f, content="") if f.path == DEFAULT_HAPROXY else f
-           for f in files["proxy1"]]
+    bad = [
+        dataclasses.replace(f, content="") if f.path == DEFAULT_HAPROXY else f
+        for f in files["proxy1"]
+    ]
     check = binaries.haproxy_check("proxy1", bad)
     assert check is not None and not check.ok
     assert "is not set" in check.output
 
 
-@pytest.mark.parametrize("var", ["EDGEKIT_PEER_NAME", "EDGEKIT_PEER_ADDR",
-                                 "EDGEKIT_STATS_PASSWORD"])
+@pytest.mark.parametrize(
+    "var", ["EDGEKIT_PEER_NAME", "EDGEKIT_PEER_ADDR", "EDGEKIT_STATS_PASSWORD"]
+)
 def test_haproxy_check_fails_when_one_environment_value_is_missing(var: str) -> None:
     need_program("haproxy")
     _, files = _issue_example()
     env = next(f for f in files["proxy1"] if f.path == DEFAULT_HAPROXY)
-    kept = "".join(ln for ln in env.content.splitlines(keepends=True)
-                   if not ln.startswith(f"{var}="))
+    kept = "".join(
+        ln for ln in env.content.splitlines(keepends=True) if not ln.startswith(f"{var}=")
+    )
     assert kept != env.content
-    bad = [dataclasses.replace(f, content=kept) if f.path == DEFAULT_HAPROXY else f
-           for f in files["proxy1"]]
+    bad = [
+        dataclasses.replace(f, content=kept) if f.path == DEFAULT_HAPROXY else f
+        for f in files["proxy1"]
+    ]
     check = binaries.haproxy_check("proxy1", bad)
     assert check is not None and not check.ok
     assert f"{var} is not set" in check.output
@@ -173,23 +181,27 @@ def test_keepalived_check_rejects_vrid_300(netns: Callable[[set[str]], str]) -> 
     loaded, files = _issue_example()
     ns = netns(_interfaces(loaded))
     good = binaries.keepalived_check("proxy1", files["proxy1"], netns=ns)
-    assert good is not None and good.ok, good.output  # the same setup passes unbroken
-    bad = _replace(files["proxy1"], KEEPALIVED_CONF, "virtual_router_id 51",
-                   "virtual_router_id 300")
+    assert good is not None
+    assert good.ok, good.output  # the same setup passes unbroken
+    bad = _replace(
+        files["proxy1"], KEEPALIVED_CONF, "virtual_router_id 51", "virtual_router_id 300"
+    )
     check = binaries.keepalived_check("proxy1", bad, netns=ns)
     assert check is not None and not check.ok
     assert re.search(r"\b300\b", check.output), check.output
 
 
 def test_keepalived_check_fails_where_the_named_interface_is_missing(
-        netns: Callable[[set[str]], str]) -> None:
+    netns: Callable[[set[str]], str],
+) -> None:
     _need_keepalived_check()
     loaded = load_inventory(DATA / "good" / "interface-override.yaml")
     files = render.render_all(loaded)
     ns = netns({"eth1"})  # proxy2's own line says ens4, which this namespace lacks
     one = binaries.keepalived_check("proxy1", files["proxy1"], netns=ns)
     two = binaries.keepalived_check("proxy2", files["proxy2"], netns=ns)
-    assert one is not None and one.ok, one.output
+    assert one is not None
+    assert one.ok, one.output
     assert two is not None and not two.ok
     assert "ens4" in two.output
 
@@ -197,8 +209,20 @@ def test_keepalived_check_fails_where_the_named_interface_is_missing(
 def test_validate_command_runs_haproxy_check(tmp_path: Path) -> None:
     need_program("haproxy")
     env = {**os.environ, "EDGEKIT_STATS_PASSWORD": STRONG}
-    proc = subprocess.run([sys.executable, "-m", "edgekit", "validate", "-i",
-                           str(DATA / "good" / "issue-example.yaml")],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekit",
+            "validate",
+            "-i",
+            str(DATA / "good" / "issue-example.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "haproxy -c passed" in proc.stderr
