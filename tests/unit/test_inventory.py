@@ -16,6 +16,8 @@ import json
 import os
 import re
 import shutil
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import pytest
 import yaml
 
 from edgekit.errors import InputError, printable
-from edgekit.inventory import load_inventory, parse_peers_flag
+from edgekit.inventory import limits, load_inventory, parse_peers_flag
 from edgekit.inventory.load import InventoryError
 from tests.cli import Result, run
 
@@ -971,3 +973,567 @@ def test_unknown_option_is_bad_input_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert "--no-such-option" in proc.stderr
     assert proc.returncode == 2
+
+
+# --- issue 11: hostile and surprising input -----------------------------------------------
+
+
+def _with_options(*lines: str) -> dict[str, Any]:
+    data = inventory()
+    data["services"][2]["haproxy_options"] = list(lines)
+    return data
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "option tcp-check",
+        "tcp-check connect",
+        "timeout queue 30s",
+        "http-request set-header X-Forwarded-Proto https",
+        "acl api path_reg ^/api$",
+        "http-request deny if { path_beg /admin }",
+        "default-server inter 3s fall 2",
+        "http-request set-header X-Cost '$5'",
+        'http-request set-header X-Price "$5 only"',
+        "option backend-stats-like-name",  # a keyword that only starts like one
+        "listener-free line",
+    ],
+)
+def test_accepts_backend_lines_in_haproxy_options(tmp_path: Path, line: str) -> None:
+    inv = load_inventory(write(tmp_path, _with_options(line))).inventory
+    assert inv.services[2].haproxy_options == [line]
+
+
+@pytest.mark.parametrize(
+    "line,fragment",
+    [
+        ("listen x", "opens a new haproxy section"),
+        ("Frontend x", "opens a new haproxy section"),
+        ("  userlist u", "opens a new haproxy section"),
+        ("\\listen x", "opens a new haproxy section"),
+        (".endif", "conditional"),
+        ('http-request set-header X "${HOME}"', "environment variable"),
+        ("stats uri /hidden", "stats page"),
+        ("option tcplog\x00", "NUL"),
+        ("option\x1b[31m", "control character"),
+        ("a " * 64, "more than 63 words"),
+    ],
+)
+def test_refuses_haproxy_options_that_leave_the_backend(
+    tmp_path: Path, line: str, fragment: str
+) -> None:
+    line_out = only_error(tmp_path, _with_options("option tcp-check", line))
+    assert_problem(line_out, "services[2].haproxy_options[1]", fragment)
+    assert "\x1b" not in line_out and "\x00" not in line_out
+
+
+@pytest.mark.parametrize("secret", ["k3Vp9xQ2", "a'b;c%d", "x", "ABC-_.+=", "12345678", "p@ss:w/d"])
+def test_accepts_vrrp_secrets_keepalived_can_carry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    monkeypatch.setenv("EDGEKIT_VRRP_PASS", secret)
+    data = inventory(vrrp={"version": 2, "advert_int": 1, "auth_pass_env": "EDGEKIT_VRRP_PASS"})
+    assert load_inventory(write(tmp_path, data)).secrets.vrrp_auth == secret
+
+
+@pytest.mark.parametrize("secret", ["ab}c", "{abc", "#abc", "ab!c", 'a"b', "a\\b", "a b", "ä"])
+def test_refuses_vrrp_secrets_keepalived_reads_as_syntax(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    monkeypatch.setenv("EDGEKIT_VRRP_PASS", secret)
+    data = inventory(vrrp={"version": 2, "advert_int": 1, "auth_pass_env": "EDGEKIT_VRRP_PASS"})
+    line = only_error(tmp_path, data)
+    assert ": vrrp.auth_pass_env: " in line
+    assert secret not in line.split(": ", 2)[-1]
+
+
+@pytest.mark.parametrize(
+    "name", ["eth0", "eth0.100", "br-lan", "enp0s31f6", "wlan0", "bond0_1", "a", "x" * 15, "v@1"]
+)
+def test_accepts_interface_names_the_kernel_accepts(tmp_path: Path, name: str) -> None:
+    data = inventory(vrrp={"interface": name})
+    assert load_inventory(write(tmp_path, data)).inventory.vrrp.interface == name
+
+
+@pytest.mark.parametrize(
+    "value", ["1ms", "500ms", "2s", "1m", "1h", "24d", "2147483647ms", "1000us", "596h"]
+)
+def test_accepts_durations_haproxy_accepts(tmp_path: Path, value: str) -> None:
+    data = inventory(haproxy={"client_timeout": value})
+    data["services"][0]["check"] = {"inter": value}
+    inv = load_inventory(write(tmp_path, data)).inventory
+    assert inv.haproxy.client_timeout == value and inv.services[0].check.inter == value
+
+
+@pytest.mark.parametrize("value", ["2147483648ms", "597h", "25d", "999us", "0d", 0, 30])
+def test_refuses_durations_haproxy_would_misread_or_refuse(tmp_path: Path, value: object) -> None:
+    line = only_error(tmp_path, inventory(haproxy={"server_timeout": value}))
+    assert ": haproxy.server_timeout: " in line
+    assert re.search(r"maximum|at least 1ms|zero|bare number", line), line
+
+
+@pytest.mark.parametrize("user", ["debian", "root", "deploy-bot", "first.last", "svc_1", "ad$"])
+def test_accepts_ordinary_ssh_users(tmp_path: Path, user: str) -> None:
+    data = inventory(ssh={"user": user})
+    assert load_inventory(write(tmp_path, data)).inventory.ssh.user == user
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "edge1.example.net", "edge1", "fd00::11"])
+def test_accepts_ssh_hosts(tmp_path: Path, host: str) -> None:
+    data = inventory()
+    data["peers"][0].update(ssh_host=host, ssh_port=2222)
+    assert load_inventory(write(tmp_path, data)).inventory.peers[0].ssh_host == host
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "169.254.1.1", "backend.internal", "10.0.0.1"])
+def test_accepts_servers_a_proxy_can_reach(tmp_path: Path, address: str) -> None:
+    data = inventory()
+    data["backends"]["controllers"][0]["address"] = address
+    load_inventory(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("prefix", [8, 16, 30])
+def test_accepts_vip_prefixes_from_8_to_30(tmp_path: Path, prefix: int) -> None:
+    data = inventory(vips=[{"address": f"10.10.0.100/{prefix}", "vrid": 51}])
+    data["firewall"] = {"admin_cidrs": ["10.10.0.0/24"]}
+    if prefix == 30:
+        data["peers"] = [
+            {"name": "proxy1", "address": "10.10.0.101"},
+            {"name": "proxy2", "address": "10.10.0.102"},
+        ]
+        data["vips"] = [{"address": "10.10.0.101/30", "vrid": 51}]
+        data["vips"][0]["address"] = "10.10.0.102/30"
+        data["peers"][1]["address"] = "10.10.0.101"
+        data["peers"][0]["address"] = "10.10.0.100"  # the network address: refused
+        lines = errors(tmp_path, data)
+        assert any("peers[0].address: the peer is the network address" in ln for ln in lines)
+        return
+    load_inventory(write(tmp_path, data))
+
+
+def test_a_32_vip_is_one_problem_not_one_per_peer(tmp_path: Path) -> None:
+    vips = [{"address": "10.10.0.100/32", "vrid": 51}, {"address": "10.10.0.101/31", "vrid": 52}]
+    lines = errors(tmp_path, inventory(vips=vips))
+    assert [ln.split(": ")[1] for ln in lines] == ["vips[0].address", "vips[1].address"]
+    assert "the prefix /32" in lines[0] and "the prefix /31" in lines[1]
+
+
+def test_a_peer_outside_two_vips_subnets_is_one_problem(tmp_path: Path) -> None:
+    vips = [{"address": "10.10.0.100/24", "vrid": 51}, {"address": "10.10.0.101/24", "vrid": 52}]
+    data = inventory(vips=vips)
+    data["peers"][1]["address"] = "10.20.0.12"
+    assert_problem(only_error(tmp_path, data), "peers[1].address", "outside the subnet")
+
+
+@pytest.mark.parametrize("where,key", [("ssh.port", "ssh"), ("peers[0].ssh_port", "peer")])
+def test_refuses_a_peers_port_on_an_ssh_port_when_sticky(
+    tmp_path: Path, where: str, key: str
+) -> None:
+    data = inventory(haproxy={"peers_port": 2222})
+    data["services"][0]["sticky"] = True
+    if key == "ssh":
+        data["ssh"]["port"] = 2222
+    else:
+        data["peers"][0]["ssh_port"] = 2222
+    assert_problem(only_error(tmp_path, data), "haproxy.peers_port", f"same port as {where}")
+    data["services"][0]["sticky"] = False
+    load_inventory(write(tmp_path, data))  # not sticky: no peers section binds it
+
+
+# --- YAML 1.1 and the loader's bounds --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("unicast: True", True),
+        ("unicast: FALSE", False),
+        ("garp_refresh: 0", 0),
+        ("garp_refresh: +5", 5),
+        ("advert_int: 1.0", 1.0),
+        ("advert_int: .5", 0.5),
+    ],
+)
+def test_accepts_plain_yaml_numbers_and_booleans(tmp_path: Path, text: str, value: object) -> None:
+    source = yaml.safe_dump(inventory(vrrp={"interface": "eth1"}), sort_keys=False)
+    source = source.replace("  interface: eth1\n", f"  interface: eth1\n  {text}\n", 1)
+    inv = load_inventory(write(tmp_path, source)).inventory
+    assert getattr(inv.vrrp, text.split(":")[0]) == value
+
+
+def test_quoted_numbers_are_text_not_octal(tmp_path: Path) -> None:
+    data = inventory()
+    text = yaml.safe_dump(data, sort_keys=False).replace("listen: 443", "listen: '0443'")
+    assert_problem(only_error(tmp_path, text), "services[1].listen", "valid integer (got '0443')")
+
+
+def test_the_fast_reader_gives_what_pyyaml_gives() -> None:
+    from edgekit.inventory import source
+
+    paths = [*GOOD, *(p for p in BROKEN if "*" not in p.read_text(errors="replace"))]
+    compared = 0
+    for path in paths:
+        text = path.read_text(errors="replace")
+        try:
+            node = yaml.compose(text, Loader=yaml.CSafeLoader)
+            expected = yaml.load(text, Loader=yaml.CSafeLoader)
+        except yaml.YAMLError:
+            continue
+        if node is None or not isinstance(node, yaml.MappingNode):
+            continue
+        _, problems = source._walk(node, "x")
+        if problems or "<<" in text or "!" in text:
+            continue
+        assert source._plain_data(node) == expected, path.name
+        compared += 1
+    assert compared > 100
+
+
+def _bomb(levels: int) -> str:
+    lines = ["b0: &b0 [lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"b{i}: &b{i} [" + ", ".join([f"*b{i - 1}"] * 10) + "]")
+    return yaml.safe_dump(ISSUE_EXAMPLE, sort_keys=False) + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [6, 9, 30])
+def test_an_alias_bomb_is_refused_in_milliseconds_with_bounded_memory(
+    tmp_path: Path, levels: int
+) -> None:
+    path = write(tmp_path, _bomb(levels))
+    assert path.stat().st_size < 4000
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert info.value.lines == [info.value.lines[0]] and "alias bomb" in info.value.lines[0]
+    assert elapsed < 0.5, elapsed
+    assert peak < 20 * 1024 * 1024, peak
+
+
+def test_aliases_that_expand_modestly_are_read(tmp_path: Path) -> None:
+    text = yaml.safe_dump(ISSUE_EXAMPLE, sort_keys=False)
+    text = text.replace(
+        "services:\n",
+        "services:\n- &web {name: web, listen: 8080, backend: controllers, port: 30081}\n",
+    )
+    text += "firewall:\n  admin_cidrs: &ops [10.10.0.0/24]\n  node_allow_cidrs: *ops\n"
+    inv = load_inventory(write(tmp_path, text)).inventory
+    assert [str(n) for n in inv.firewall.node_allow_cidrs] == ["10.10.0.0/24"]
+    assert inv.services[0].name == "web"
+
+
+def test_merge_keys_are_read_and_errors_behind_them_found(tmp_path: Path) -> None:
+    text = yaml.safe_dump(ISSUE_EXAMPLE, sort_keys=False)
+    text = text.replace(
+        "- name: http\n",
+        "- &base {name: web, backend: controllers, port: 30080, listen: 8080}\n"
+        "- <<: *base\n  name: web2\n  listen: 8081\n- name: http\n",
+        1,
+    )
+    inv = load_inventory(write(tmp_path, text)).inventory
+    assert [(s.name, s.listen, s.port) for s in inv.services[:2]] == [
+        ("web", 8080, 30080),
+        ("web2", 8081, 30080),
+    ]
+    broken = text.replace("  listen: 8081\n", "  listen: 0443\n")
+    assert_problem(only_error(tmp_path, broken), "services[1].listen", "octal")
+
+
+def test_nesting_too_deep_for_the_pure_python_parser_is_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgekit.inventory import source
+
+    monkeypatch.setattr(source, "_Loader", yaml.SafeLoader)  # no libyaml: recursion
+    text = "cluster: " + "[" * 600 + "]" * 600 + "\n"
+    lines = errors(tmp_path, text)
+    assert len(lines) == 1 and "nested more than 32 levels" in lines[0], lines
+
+
+def test_a_file_over_10_mb_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "edge.yaml"
+    path.write_text("# padding\n" * (limits.MAX_FILE_BYTES // 10 + 1))
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert info.value.lines == [
+        f"{path}: (top level): the file is larger than 10485760 bytes; "
+        "an inventory is a few KB: is this the right file?"
+    ]
+
+
+def test_5000_servers_load_in_well_under_two_seconds(tmp_path: Path) -> None:
+    data = inventory(firewall={"admin_cidrs": ["10.10.0.0/24"]})
+    data["backends"] = {"controllers": [{"name": "s", "address": "10.10.0.9"}]}
+    servers = "".join(
+        f"  - {{name: s{i}, address: 10.11.{i // 256}.{i % 256}, port: 30080}}\n"
+        for i in range(5000)
+    )
+    text = yaml.safe_dump(data, sort_keys=False)
+    text = text.replace("  - name: s\n    address: 10.10.0.9\n", servers)
+    path = write(tmp_path, text)
+    start = time.perf_counter()
+    loaded = load_inventory(path)
+    elapsed = time.perf_counter() - start
+    assert len(loaded.inventory.backends["controllers"]) == 5000
+    assert elapsed < 1.5, elapsed  # bench/validate records the whole command's figure
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def test_more_than_10_problems_show_10_and_how_many_more(tmp_path: Path) -> None:
+    data = inventory(**{f"nosuchkey{i}": i for i in range(15)})
+    path = write(tmp_path, data)
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 11
+    assert all(": unknown key" in ln for ln in lines[:10])
+    assert lines[10] == f"{path}: and 5 more problems (fix these and validate again)"
+    assert len(info.value.details()) == 11 and info.value.details()[10]["message"] == "and 5 more"
+
+
+@pytest.mark.parametrize("key", ["\x1b[2Jx", "a\nb", "a\rb", "\u202eevil", "\x9b31m"])
+def test_control_characters_in_keys_never_reach_the_terminal(tmp_path: Path, key: str) -> None:
+    proc = cli("validate", "-i", str(write(tmp_path, inventory(**{key: 1}))))
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "unknown key" in lines[0], proc.stderr
+    assert not CONTROL.search(proc.stderr.removesuffix("\n")), repr(proc.stderr)
+    assert printable(key) in lines[0]
+
+
+def test_a_file_name_with_an_escape_is_shown_escaped(tmp_path: Path) -> None:
+    proc = cli("validate", "-i", str(tmp_path / "e\x1b[31m.yaml"))
+    assert proc.returncode == 2
+    assert "\x1b" not in proc.stderr and "\\x1b[31m.yaml: no such file" in proc.stderr
+
+
+def test_json_details_name_file_line_and_path(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        yaml.safe_dump(ISSUE_EXAMPLE, sort_keys=False).replace("listen: 443", "listen: 0443"),
+    )
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    [detail] = info.value.details()
+    assert detail["file"] == str(path) and detail["path"] == "services[1].listen"
+    assert (
+        isinstance(detail["line"], int)
+        and "0443" in path.read_text().splitlines()[detail["line"] - 1]
+    )
+    assert "octal" in str(detail["message"])
+
+
+# --- warnings ----------------------------------------------------------------------------------
+
+
+def _warnings(tmp_path: Path, data: dict[str, Any]) -> list[str]:
+    return load_inventory(write(tmp_path, data)).warnings
+
+
+def test_the_issue_example_warns_only_about_missing_ssh_files(tmp_path: Path) -> None:
+    warnings = _warnings(tmp_path, ISSUE_EXAMPLE)
+    assert [w.split(": ")[1] for w in warnings] == ["ssh.identity_file"]
+
+
+def test_warns_about_admin_cidrs_that_admit_anyone(tmp_path: Path) -> None:
+    warnings = _warnings(tmp_path, inventory(firewall={"admin_cidrs": ["10.0.0.0/8", "0.0.0.0/0"]}))
+    assert any(
+        ": firewall.admin_cidrs[1]: admits SSH and the stats page from anywhere" in w
+        for w in warnings
+    ), warnings
+
+
+def test_warns_when_a_wide_vip_prefix_widens_the_default_admin_set(tmp_path: Path) -> None:
+    data = inventory(vips=[{"address": "10.10.0.100/16", "vrid": 51}])
+    assert any(
+        ": vips[0].address: " in w and "all of 10.10.0.0/16 (65536 addresses)" in w
+        for w in _warnings(tmp_path, data)
+    )
+    data["firewall"] = {"admin_cidrs": ["10.10.0.0/24"]}
+    assert not any("vips[0]" in w for w in _warnings(tmp_path, data))
+
+
+def test_warns_about_a_backend_no_service_uses(tmp_path: Path) -> None:
+    data = inventory()
+    data["backends"]["spare"] = [{"name": "s1", "address": "10.10.0.140"}]
+    assert any(
+        ": backends.spare: no service uses this backend" in w for w in _warnings(tmp_path, data)
+    )
+
+
+@pytest.mark.parametrize(
+    "key,value", [("path", "/ready"), ("expect_status", 204), ("host", "api.local")]
+)
+def test_warns_about_http_settings_on_a_tcp_check(tmp_path: Path, key: str, value: object) -> None:
+    data = inventory()
+    data["services"][0]["health"] = {"type": "tcp", key: value}
+    assert any(
+        f": services[0].health.{key}: ignored: the health check is a TCP connect" in w
+        for w in _warnings(tmp_path, data)
+    )
+
+
+def test_warns_about_proxy_protocol_to_the_api_server(tmp_path: Path) -> None:
+    data = inventory()
+    data["services"][2]["proxy_protocol"] = "v2"
+    data["services"][0]["proxy_protocol"] = "v2"
+    warnings = [w for w in _warnings(tmp_path, data) if "proxy_protocol" in w]
+    assert len(warnings) == 1 and ": services[2].proxy_protocol: kube-apiserver" in warnings[0]
+
+
+def test_host_name_servers_are_accepted_with_one_warning(tmp_path: Path) -> None:
+    data = inventory()
+    for i, server in enumerate(data["backends"]["controllers"]):
+        server["address"] = f"controller{i}.cluster.internal"
+    warnings = [w for w in _warnings(tmp_path, data) if "host name" in w]
+    assert len(warnings) == 1
+    assert ": backends.controllers[0].address: a host name (and 2 more servers)" in warnings[0]
+    assert "init-addr last,libc,none" in warnings[0]
+
+
+def test_validate_prints_warnings_on_stderr(tmp_path: Path) -> None:
+    data = inventory(firewall={"admin_cidrs": ["0.0.0.0/0"]})
+    proc = cli("validate", "-i", str(write(tmp_path, data)))
+    assert proc.returncode == 0, proc.stderr
+    assert "edgekit: warning: " in proc.stderr and "from anywhere" in proc.stderr
+    assert proc.stdout == ""
+
+
+# --- maxconn -------------------------------------------------------------------------------------
+
+
+def test_maxconn_refusal_names_what_the_host_allows(tmp_path: Path) -> None:
+    from edgekit.inventory import maxconn_refusal
+    from edgekit.inventory.checks import nofile_needed
+
+    inv = load_inventory(write(tmp_path, inventory(haproxy={"maxconn": 100_000}))).inventory
+    needed = nofile_needed(inv)
+    assert needed is not None and needed > 200_000
+    assert maxconn_refusal(inv, needed) is None
+    refusal = maxconn_refusal(inv, 65_536)
+    assert refusal is not None
+    assert f"haproxy.maxconn 100000 needs {needed} open files" in refusal
+    assert "at most 65536 (fs.nr_open)" in refusal
+    lowest = int(re.search(r"lower haproxy.maxconn to (\d+)", refusal)[1])  # type: ignore[index]
+    fitted = inv.model_copy(update={"haproxy": inv.haproxy.model_copy(update={"maxconn": lowest})})
+    assert maxconn_refusal(fitted, 65_536) is None
+    unset = load_inventory(write(tmp_path, inventory())).inventory
+    assert maxconn_refusal(unset, 1024) is None  # haproxy derives it from its limit
+
+
+def test_maxconn_beyond_what_linux_lets_a_process_open_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "NR_OPEN", 100_000)
+    line = only_error(tmp_path, inventory(haproxy={"maxconn": 60_000}))
+    assert_problem(line, "haproxy.maxconn", "more than Linux lets one process open")
+    assert "write at most 4" in line  # (100000 - the reserve) / 2
+
+
+# --- commands and exit codes ------------------------------------------------------------------
+
+
+def test_validate_reads_standard_input(tmp_path: Path) -> None:
+    text = yaml.safe_dump(ISSUE_EXAMPLE, sort_keys=False)
+    proc = cli("validate", "-i", "-", stdin=text, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "<stdin>: valid" in proc.stderr
+    bad = cli("validate", "-i", "-", stdin=text.replace("listen: 443", "listen: 0443"))
+    assert bad.returncode == 2
+    assert re.match(
+        r"^edgekit: <stdin>:\d+: services\[1\]\.listen: YAML 1\.1 reads 0443", bad.stderr
+    ), bad.stderr
+
+
+def test_init_into_a_missing_directory_is_bad_input(tmp_path: Path) -> None:
+    proc = cli("init", str(tmp_path / "nope" / "edge.yaml"))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"edgekit: {tmp_path / 'nope' / 'edge.yaml'}: the directory {tmp_path / 'nope'} does "
+        f"not exist (hint: mkdir -p {tmp_path / 'nope'}, or choose another path)"
+    ]
+
+
+def test_init_into_a_directory_writes_edge_yaml_there(tmp_path: Path) -> None:
+    proc = cli("init", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "edge.yaml").read_text().startswith("# edge.yaml")
+
+
+def test_render_onto_a_file_is_bad_input(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.write_text("mine\n")
+    proc = cli("render", "-i", str(write(tmp_path, ISSUE_EXAMPLE)), "-o", str(target))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"edgekit: {target}: exists and is not a directory (hint: -o names a directory to "
+        "write the files into)"
+    ]
+    assert target.read_text() == "mine\n"
+
+
+def test_render_below_a_file_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    proc = cli(
+        "render", "-i", str(write(tmp_path, ISSUE_EXAMPLE)), "-o", str(tmp_path / "file" / "out")
+    )
+    assert proc.returncode == 2 and "cannot write: Not a directory" in proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if "warning" not in ln]) == 1
+
+
+def test_a_missing_identity_file_is_bad_input_for_commands_that_connect(tmp_path: Path) -> None:
+    path = write(tmp_path, inventory(ssh={"user": "debian", "identity_file": "keys/nope"}))
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path, for_ssh=True)
+    assert info.value.exit_code == 2
+    line = path.read_text().splitlines().index("  identity_file: keys/nope") + 1
+    assert info.value.lines == [
+        f"{path}:{line}: ssh.identity_file: no such file on this machine "
+        "(got 'keys/nope'); write the path of the file (relative paths "
+        "start at edge.yaml's directory), or leave the key out"
+    ]
+    assert any("ssh.identity_file" in w for w in load_inventory(path).warnings)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "nope").write_text("key\n")
+    assert not load_inventory(path, for_ssh=True).warnings
+
+
+def test_validate_says_which_real_binary_checks_did_not_run(tmp_path: Path) -> None:
+    path = str(write(tmp_path, ISSUE_EXAMPLE))
+    proc = cli("validate", "-i", path, env={"PATH": str(tmp_path)})  # no program found
+    assert proc.returncode == 0, proc.stderr
+    assert "edgekit: warning: haproxy -c did not run: haproxy not installed" in proc.stderr
+    assert "edgekit: warning: keepalived -t did not run: " in proc.stderr
+    assert "no real-binary check ran; skipped: haproxy -c, keepalived -t" in proc.stderr
+    strict = cli("validate", "-i", path, "--strict", env={"PATH": str(tmp_path)})
+    assert strict.returncode == 1
+    assert f"edgekit: {path}: only partly validated: haproxy -c did not run" in strict.stderr
+
+
+# --- the README's own example ----------------------------------------------------------------
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The inventory (edge.yaml)") :]
+    match = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert match, "README's inventory section has no yaml block"
+    return match.group(1)
+
+
+def test_the_readme_example_inventory_validates(tmp_path: Path) -> None:
+    path = tmp_path / "edge.yaml"
+    path.write_text(readme_example())
+    proc = cli("validate", "-i", str(path))
+    assert proc.returncode == 0, proc.stderr
+    inv = load_inventory(path).inventory
+    assert {s.name for s in inv.services} == {"http", "kubernetes-api"}
+    # Every key README shows is a real key: nothing was dropped as unknown.
+    assert inv.haproxy.maxconn == 20000 and inv.vips[0].preferred == "proxy1"

@@ -661,3 +661,108 @@ def test_write_tree_replaces_a_loose_secret_file_with_a_private_one(tmp_path: Pa
     render.write_tree(loaded, tmp_path)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert stats_password(loaded) in target.read_text()
+
+
+# --- issue 11: host names, open files, and mapping rendered lines back -------------------
+
+
+def _load_text(tmp_path: Path, text: str) -> Loaded:
+    path = tmp_path / "edge.yaml"
+    path.write_text(text)
+    return load_inventory(path)
+
+
+def _issue_text(**replace: str) -> str:
+    text = (DATA / "good" / "issue-example.yaml").read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_host_name_servers_start_disabled_rather_than_stop_haproxy(tmp_path: Path) -> None:
+    loaded = _load_text(
+        tmp_path, _issue_text(**{"address: 10.10.0.126": "address: controller1.cluster.internal"})
+    )
+    cfg = render.render_all(loaded)["proxy1"]
+    text = by_path(cfg)[HAPROXY_CFG].content
+    servers = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("server ")]
+    named = [s for s in servers if "controller1.cluster.internal" in s]
+    assert named and all(s.endswith("init-addr last,libc,none") for s in named)
+    assert all("init-addr" not in s for s in servers if s not in named)
+
+
+def test_a_fixed_maxconn_raises_haproxys_open_files_limit() -> None:
+    from edgekit.inventory.checks import nofile_needed
+
+    loaded, files = rendered(DATA / "good" / "three-peers.yaml")
+    dropin = files["proxy1"]["/etc/systemd/system/haproxy.service.d/edgekit.conf"].content
+    needed = nofile_needed(loaded.inventory)
+    assert needed is not None and needed > 2 * 50000
+    assert re.findall(r"^LimitNOFILE=(\d+)$", dropin, re.M) == [str(needed)]
+    _, files = rendered(DATA / "good" / "issue-example.yaml")  # no maxconn: haproxy derives it
+    dropin = files["proxy1"]["/etc/systemd/system/haproxy.service.d/edgekit.conf"].content
+    assert "LimitNOFILE" not in dropin
+
+
+def test_every_haproxy_option_line_maps_back_to_its_key(tmp_path: Path) -> None:
+    text = _issue_text(
+        **{
+            "    timeout: 1h\n": "    timeout: 1h\n    haproxy_options:\n"
+            "      - option tcp-check\n      - timeout queue 30s\n      - option tcp-check\n"
+        }
+    )
+    loaded = _load_text(tmp_path, text)
+    inv = loaded.inventory
+    cfg = by_path(render.render_all(loaded)["proxy1"])[HAPROXY_CFG].content
+    sources = render.haproxy_sources(inv, cfg)
+    lines = cfg.splitlines()
+    want = {
+        "services[2].haproxy_options[0]": "option tcp-check",
+        "services[2].haproxy_options[1]": "timeout queue 30s",
+        "services[2].haproxy_options[2]": "option tcp-check",
+    }
+    for key, line in want.items():
+        [n] = [n for n, k in sources.items() if k == key]
+        assert lines[n - 1].strip() == line
+    server = [n for n, k in sources.items() if k == "backends.controllers[1]"]
+    assert len(server) == 3  # one server line per service
+    assert all("corea-controller1" in lines[n - 1] for n in server)
+    binds = [lines[n - 1].strip() for n, k in sources.items() if k == "services[1].listen"]
+    assert binds == ["bind 10.10.0.100:443"]
+    assert {k for k in sources.values() if k.startswith("haproxy.")} >= {
+        "haproxy.connect_timeout",
+        "haproxy.client_timeout",
+        "haproxy.server_timeout",
+    }
+    for n, key in sources.items():  # every key named is a key of the file
+        assert loaded.locate(key, "x").line is not None, (n, key)
+
+
+def test_keepalived_lines_map_back_to_their_keys(tmp_path: Path) -> None:
+    loaded = load(DATA / "good" / "interface-override.yaml")
+    conf = by_path(render.render_all(loaded)["proxy1"])[KEEPALIVED_CONF].content
+    sources = render.keepalived_sources(loaded.inventory, conf)
+    lines = conf.splitlines()
+    for n, key in sources.items():
+        line = lines[n - 1].strip()
+        if key.endswith(".interface"):
+            assert "interface" in line
+        if key.endswith(".vrid"):
+            assert line.startswith("virtual_router_id")
+    interfaces = {k for k in sources.values() if k.endswith("interface")}
+    assert "peers[1].interface" in interfaces  # proxy2's own NIC, not vrrp.interface
+    loaded = load(DATA / "good" / "vrrp2-auth.yaml")
+    conf = by_path(render.render_all(loaded)["proxy1"])[KEEPALIVED_CONF].content
+    sources = render.keepalived_sources(loaded.inventory, conf)
+    [auth] = [n for n, k in sources.items() if k.startswith("vrrp.auth_pass")]
+    assert conf.splitlines()[auth - 1].strip().startswith("auth_pass ")
+
+
+@pytest.mark.parametrize("path", GOOD, ids=IDS)
+def test_peer_interfaces_are_those_keepalived_conf_names(path: Path) -> None:
+    loaded, files = rendered(path)
+    for peer in loaded.inventory.peers:
+        conf = resolve(files[peer.name][KEEPALIVED_CONF].content, peer.name)
+        named = {ln.split()[1] for ln in conf if ln.strip().startswith("interface ")}
+        assert named == set(render.peer_interfaces(loaded.inventory, peer))
