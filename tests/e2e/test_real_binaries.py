@@ -9,10 +9,9 @@ has no `dummy` link type) and deletes afterwards.
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import re
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from edgekit import binaries, render
 from edgekit.inventory import Loaded, load_inventory
 from edgekit.render import RenderedFile
+from tests.cli import run
 from tests.conftest import need_program, need_root
 
 pytestmark = pytest.mark.binaries
@@ -202,27 +202,178 @@ def test_keepalived_check_fails_where_the_named_interface_is_missing(
     two = binaries.keepalived_check("proxy2", files["proxy2"], netns=ns)
     assert one is not None
     assert one.ok, one.output
-    assert two is not None and not two.ok
+    assert two is not None
+    assert not two.ok
     assert "ens4" in two.output
 
 
-def test_validate_command_runs_haproxy_check(tmp_path: Path) -> None:
+def test_validate_command_runs_haproxy_and_keepalived_checks() -> None:
     need_program("haproxy")
-    env = {**os.environ, "EDGEKIT_STATS_PASSWORD": STRONG}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgekit",
-            "validate",
-            "-i",
-            str(DATA / "good" / "issue-example.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    _need_keepalived_check()
+    proc = run("validate", "-i", str(DATA / "good" / "issue-example.yaml"))
     assert proc.returncode == 0, proc.stderr
-    assert "haproxy -c passed" in proc.stderr
+    assert "haproxy -c and keepalived -t passed" in proc.stderr
+    assert "did not run" not in proc.stderr
+    strict = run("validate", "--strict", "-i", str(DATA / "good" / "issue-example.yaml"))
+    assert strict.returncode == 0, strict.stderr
+
+
+# --- validate: the checks it runs, and what their rejections point at -------------------
+
+
+def _links() -> str:
+    return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("path", GOOD, ids=IDS)
+def test_keepalived_accepts_every_config_in_its_own_namespace(path: Path) -> None:
+    _need_keepalived_check()
+    loaded = load_inventory(path)
+    files = render.render_all(loaded)
+    netns_before, links_before = (
+        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout,
+        _links(),
+    )
+    for peer in loaded.inventory.peers:
+        check = binaries.keepalived_check_isolated(
+            peer.name, files[peer.name], render.peer_interfaces(loaded.inventory, peer)
+        )
+        assert isinstance(check, binaries.BinaryCheck), check
+        assert check.ok and "WARNING" not in check.output, f"{peer.name}: {check.output}"
+    # The namespace lived as long as the check: nothing is left on this machine.
+    assert (
+        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        == netns_before
+    )
+    assert _links() == links_before and "ekcheck" not in _links()
+
+
+def _inventory_text(**replace: str) -> str:
+    text = (DATA / "good" / "issue-example.yaml").read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_a_haproxy_rejection_names_the_inventory_key_and_line(tmp_path: Path) -> None:
+    need_program("haproxy")
+    path = tmp_path / "edge.yaml"
+    path.write_text(
+        _inventory_text(
+            **{
+                "    timeout: 1h\n": "    timeout: 1h\n    haproxy_options:\n"
+                "      - option tcp-check\n      - option no-such-option\n"
+            }
+        )
+    )
+    proc = run("validate", "-i", str(path))
+    assert proc.returncode == 2, proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if "warning" not in ln]
+    number = path.read_text().splitlines().index("      - option no-such-option") + 1
+    assert line.startswith(
+        f"edgekit: {path}:{number}: services[2].haproxy_options[1]: "
+        "haproxy -c rejects the rendered config for peer proxy1: "
+    ), line
+    assert "no-such-option" in line
+    data = json.loads(run("validate", "--json", "-i", str(path)).stdout)
+    assert data["errors"][0]["path"] == "services[2].haproxy_options[1]"
+    assert data["errors"][0]["line"] == number
+
+
+def test_a_keepalived_rejection_maps_to_the_inventory_key() -> None:
+    _need_keepalived_check()
+    loaded, files = _issue_example()
+    bad = _replace(
+        files["proxy1"], KEEPALIVED_CONF, "virtual_router_id 51", "virtual_router_id 300"
+    )
+    check = binaries.keepalived_check_isolated("proxy1", bad, ["eth1"])
+    assert isinstance(check, binaries.BinaryCheck) and not check.ok
+    what, line = binaries.first_error(check)
+    assert line is not None and "300" in what
+    conf = next(f.content for f in bad if f.path == KEEPALIVED_CONF)
+    assert render.keepalived_sources(loaded.inventory, conf)[line] == "vips[0].vrid"
+
+
+def test_host_name_servers_validate_without_dns(tmp_path: Path) -> None:
+    need_program("haproxy")
+    need_root()  # haproxy -c runs in a network namespace of its own: no DNS query leaves
+    path = tmp_path / "edge.yaml"
+    path.write_text(
+        _inventory_text(
+            **{
+                "address: 10.10.0.125": "address: controller0.edgekit-test.invalid",
+                "address: 10.10.0.126": "address: controller1.edgekit-test.invalid",
+            }
+        )
+    )
+    proc = run("validate", "-i", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "a host name (and 1 more servers)" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["1ms", "24d", "2147483647ms", "596h"])
+def test_haproxy_accepts_every_duration_at_the_bounds(tmp_path: Path, value: str) -> None:
+    need_program("haproxy")
+    path = tmp_path / "edge.yaml"
+    path.write_text(
+        _inventory_text(
+            **{"    timeout: 1h\n": f"    timeout: {value}\n    check: {{inter: {value}}}\n"}
+        )
+    )
+    loaded = load_inventory(path)
+    for peer, files in render.render_all(loaded).items():
+        check = binaries.haproxy_check(peer, files, isolated=True)
+        assert check is not None
+        assert check.ok, check.output
+
+
+def test_haproxy_refuses_a_duration_past_the_bound_edgekit_refuses() -> None:
+    need_program("haproxy")
+    _, files = _issue_example()
+    bad = _replace(files["proxy1"], HAPROXY_CFG, "timeout server 1h", "timeout server 2147483648")
+    check = binaries.haproxy_check("proxy1", bad, isolated=True)
+    assert check is not None and not check.ok and "timer overflow" in check.output
+
+
+def test_haproxy_would_accept_a_section_opened_from_haproxy_options() -> None:
+    # Why validation must refuse section keywords itself: haproxy -c is happy with them.
+    need_program("haproxy")
+    _, files = _issue_example()
+    bad = _replace(
+        files["proxy1"],
+        HAPROXY_CFG,
+        "    timeout tunnel 1h\n",  # in the API service's backend only
+        "    timeout tunnel 1h\n    listen sneaky\n    bind 127.0.0.1:2222\n",
+    )
+    check = binaries.haproxy_check("proxy1", bad, isolated=True)
+    assert check is not None
+    assert check.ok, check.output
+
+
+@pytest.mark.parametrize("secret", ["a'b;c%d", "p@ss:w/d", "ABC-_.+="])
+def test_keepalived_reads_every_vrrp_secret_edgekit_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    _need_keepalived_check()
+    monkeypatch.setenv("EDGEKIT_VRRP_PASS", secret)
+    loaded = load_inventory(DATA / "good" / "vrrp2-auth.yaml")
+    assert loaded.secrets.vrrp_auth == secret
+    files = render.render_all(loaded)
+    for peer in loaded.inventory.peers:
+        check = binaries.keepalived_check_isolated(
+            peer.name, files[peer.name], render.peer_interfaces(loaded.inventory, peer)
+        )
+        assert isinstance(check, binaries.BinaryCheck), check
+        assert check.ok, check.output
+
+
+def test_an_unquoted_brace_in_auth_pass_would_break_keepalived_conf() -> None:
+    # Why the secret is quoted and `}` refused: keepalived reads it as the block's end.
+    _need_keepalived_check()
+    loaded = load_inventory(DATA / "good" / "vrrp2-auth.yaml")
+    files = render.render_all(loaded)["proxy1"]
+    bad = _replace(files, KEEPALIVED_CONF, 'auth_pass "k3Vp9xQ2"', "auth_pass k3V}p9xQ")
+    interfaces = render.peer_interfaces(loaded.inventory, loaded.inventory.peers[0])
+    check = binaries.keepalived_check_isolated("proxy1", bad, interfaces)
+    assert isinstance(check, binaries.BinaryCheck) and not check.ok
