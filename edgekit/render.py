@@ -366,28 +366,35 @@ def haproxy_sources(inv: Inventory, text: str) -> dict[int, str]:
     out: dict[int, str] = {}
     services = {s.name: i for i, s in enumerate(inv.services)}
     peers = {p.name: j for j, p in enumerate(inv.peers)}
-    section, name, option = "", "", 0
-    for n, raw in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    section, name, servers_seen = "", "", False
+    for n, raw in enumerate(lines, start=1):
         line = raw.strip()
         words = line.split()
         if not words or line.startswith(("#", ".")):
             continue
         if not raw[0].isspace():  # a section header
-            section, name, option = words[0], (words[1] if len(words) > 1 else ""), 0
+            section, name, servers_seen = words[0], (words[1] if len(words) > 1 else ""), False
             if name in services and section in ("frontend", "backend"):
                 out[n] = f"services[{services[name]}].name"
             continue
         key = _haproxy_key(inv, section, name, words, services, peers)
-        if key is None and section == "backend" and name in services:
-            i = services[name]
-            opts = inv.services[i].haproxy_options
-            while option < len(opts) and opts[option].strip() != line:
-                option += 1
-            if option < len(opts):
-                key = f"services[{i}].haproxy_options[{option}]"
-                option += 1
         if key:
             out[n] = key
+        if (
+            section == "backend"
+            and name in services
+            and words[0] == "server"
+            and not (servers_seen)
+        ):
+            # The template puts a service's haproxy_options right above its first server.
+            servers_seen = True
+            i = services[name]
+            opts = inv.services[i].haproxy_options
+            for j, opt in enumerate(opts):
+                at = n - len(opts) + j
+                if at >= 1 and lines[at - 1].strip() == opt.strip():
+                    out[at] = f"services[{i}].haproxy_options[{j}]"
     return out
 
 

@@ -34,13 +34,14 @@ def echo_json(data: object) -> None:
 
 
 def note(message: str) -> None:
-    """Human progress and messages go to stderr; stdout is for data."""
-    typer.echo(message, err=True)
+    """Human progress and messages go to stderr; stdout is for data. Control characters
+    (from a file name, an inventory, a host) are shown as escapes."""
+    typer.echo(printable(message, keep_newlines=True), err=True)
 
 
 def warn(loaded: Loaded) -> None:
     for line in loaded.warnings:
-        note(f"edgekit: warning: {printable(line)}")
+        note(f"edgekit: warning: {line}")
 
 
 @app.command()
