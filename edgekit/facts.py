@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import shlex
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from edgekit import firewall
+from edgekit.remote.scripts import script
+from edgekit.render import STATE_DIR
 
 PACKAGES = ("haproxy", "keepalived")
 UNITS = ("haproxy", "keepalived")
@@ -87,48 +88,30 @@ def firewall_command(compare: bool) -> str:
     """Print the edgekit table's state. With `compare`, load the installed ruleset into a
     throwaway network namespace and compare nft's listing of both (stateless: no counter
     values), which catches hand edits that a file hash cannot see."""
-    table = f"inet {firewall.TABLE}"
-    rs = shlex.quote(firewall.RULESET)
-    compare_sh = (
-        f"""  if [ -f {rs} ] && want=$(unshare --net sh -c 'nft -f "$1" && nft -s list table {table}' sh {rs} 2>/dev/null) && [ -n "$want" ]; then
-    if [ "$live" = "$want" ]; then echo 'table match'; else echo 'table differs'; fi
-  else echo 'table loaded'; fi"""
-        if compare
-        else "  echo 'table loaded'"
-    )
-    return f"""echo '@firewall'
-printf 'unit %s %s\\n' "$(systemctl is-active {firewall.UNIT} 2>/dev/null)" "$(systemctl is-enabled {firewall.UNIT} 2>/dev/null)"
-if ! command -v nft >/dev/null 2>&1; then echo 'table no-nft'
-elif live=$(nft -s list table {table} 2>/dev/null); then
-{compare_sh}
-  printf 'comment %s\\n' "$(printf '%s\\n' "$live" | sed -n 's/.*comment "edgekit inventory sha256:\\([0-9a-f]*\\)".*/\\1/p' | head -n1)"
-else echo 'table unloaded'; fi
-[ -f {ROLLED_BACK_MARKER} ] && printf 'rolledback %s\\n' "$(head -c 200 {ROLLED_BACK_MARKER} | tr '\\n' ' ')"
-true
-"""
+    return script("fw-facts", **_firewall_values(compare))
+
+
+def _firewall_values(compare: bool) -> dict[str, object]:
+    return {
+        "compare": compare,
+        "unit": firewall.UNIT,
+        "table": firewall.TABLE,
+        "ruleset": firewall.RULESET,
+        "marker": ROLLED_BACK_MARKER,
+    }
 
 
 def gather_command(paths: list[str]) -> str:
     """A POSIX shell script (run with sudo) that prints every fact in marked sections.
     When the firewall's ruleset is among `paths`, the loaded table is compared with it."""
-    quoted = " ".join(shlex.quote(p) for p in paths)
-    units = " ".join(UNITS)
-    return f"""
-echo '@os'; ( . /etc/os-release 2>/dev/null; echo "${{ID:-unknown}} ${{VERSION_ID:-}}" )
-echo '@packages'; dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {" ".join(PACKAGES)} 2>/dev/null || true
-echo '@addresses'; ip -j -4 addr show 2>/dev/null || echo '[]'
-echo '@files'
-for f in {quoted}; do
-  if [ -f "$f" ]; then printf '%s %s %s\\n' "$f" "$(stat -c '%a %U:%G' "$f")" "$(base64 -w0 < "$f")"
-  else printf '%s -\\n' "$f"; fi
-done
-echo '@units'
-for u in {units}; do printf '%s %s %s\\n' "$u" "$(systemctl is-active "$u" 2>/dev/null)" "$(systemctl is-enabled "$u" 2>/dev/null)"; done
-echo '@haproxy'; cat /run/haproxy.pid 2>/dev/null || echo '-'; pgrep -x haproxy | tr '\\n' ' '; echo
-echo '@vrrp'
-for f in /run/edgekit/*.state; do [ -f "$f" ] && printf '%s %s\\n' "$(basename "$f" .state)" "$(cat "$f")"; done
-{firewall_command(firewall.RULESET in paths)}echo '@end'
-"""
+    return script(
+        "gather-facts",
+        packages=PACKAGES,
+        paths=paths,
+        units=UNITS,
+        state_dir=STATE_DIR,
+        **_firewall_values(firewall.RULESET in paths),
+    )
 
 
 def _sections(text: str) -> dict[str, list[str]]:

@@ -10,10 +10,11 @@ from edgekit import firewall
 from edgekit.deploy import confirm as fw_load
 from edgekit.deploy.plan import HostPlan
 from edgekit.errors import EdgekitError, OperationError
-from edgekit.facts import HostFacts
+from edgekit.facts import UNITS, HostFacts
 from edgekit.progress import Progress, wait_until
 from edgekit.remote import Result, Transport
-from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, RenderedFile
+from edgekit.remote.scripts import script
+from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, STATE_DIR, RenderedFile
 
 BACKUP_DIR = "/var/lib/edgekit/backup"
 # Exit code of the install script when a live file is not what the plan read.
@@ -61,40 +62,21 @@ def _stage(host: Transport, files: list[RenderedFile]) -> str:
     for f in files:
         host.put(f.content, f"{user_dir}{f.path}", 0o600)
     # A root-owned tree under /run: keepalived's script security accepts nothing else.
-    chmods = "\n".join(
-        f'chmod {f.mode:04o} "$R"{_q(f.path)}; chown {_q(f.owner)} "$R"{_q(f.path)}' for f in files
-    )
-    script = f"""set -eu
-R=$(mktemp -d /run/edgekit-stage.XXXXXX)
-cp -r {_q(user_dir)}/. "$R"/
-rm -rf {_q(user_dir)}
-chown -R root:root "$R"
-find "$R" -type d -exec chmod 0755 {{}} +
-{chmods}
-echo "$R"
-"""
-    return host.check(script, "staging", sudo=True).stdout.strip().splitlines()[-1]
+    staging = script("stage", upload=user_dir, files=files)
+    return host.check(staging, "staging", sudo=True).stdout.strip().splitlines()[-1]
 
 
 def validate_staged(host: Transport, stage: str, peer: str) -> Result:
     """haproxy -c with the staged environment, keepalived -t over the staged /etc/keepalived."""
-    keepalived = (
-        f"mount --bind {_q(stage)}/etc/keepalived /etc/keepalived && "
-        f"exec keepalived -t -f {KEEPALIVED_CONF} -i {_q(peer)}"
+    validate = script(
+        "validate",
+        stage=stage,
+        peer=peer,
+        haproxy_cfg=HAPROXY_CFG,
+        keepalived_conf=KEEPALIVED_CONF,
+        ruleset=firewall.RULESET,
     )
-    script = f"""set -u
-out=$( (set -a; . {_q(stage)}/etc/default/haproxy; set +a;
-        haproxy -c -q -f {_q(stage)}{HAPROXY_CFG}) 2>&1 ) || {{
-  echo "haproxy -c: $(printf '%s\\n' "$out" | grep -m1 -E 'ALERT|error' || printf '%s' "$out" | tail -n1)" >&2
-  exit 1; }}
-out=$(unshare --mount --propagation private sh -c {_q(keepalived)} 2>&1) || {{
-  echo "keepalived -t: $(printf '%s\\n' "$out" | tail -n1)" >&2; exit 1; }}
-if [ -f {_q(stage)}{firewall.RULESET} ]; then
-  out=$(nft -c -f {_q(stage)}{firewall.RULESET} 2>&1) || {{
-    echo "nft -c: $(printf '%s\\n' "$out" | grep -m1 -i error || printf '%s' "$out" | tail -n1)" >&2; exit 1; }}
-fi
-"""
-    return host.run(script, sudo=True)
+    return host.run(validate, sudo=True)
 
 
 def live_hash(content: str | None) -> str:
@@ -105,39 +87,18 @@ def live_hash(content: str | None) -> str:
 def _install_script(stage: str, plan: HostPlan, expected: dict[str, str]) -> str:
     """Refuse (exit CHANGED_SINCE_PLAN, naming the file) if a live file is not what the
     plan read; else back up, then move every new file into place."""
-    lines = ["set -eu"]
-    for path, digest in sorted(expected.items()):
-        qp = _q(path)
-        lines.append(
-            f'if [ -e {qp} ]; then h=$(sha256sum < {qp} | cut -d" " -f1); '
-            f'else h=absent; fi; [ "$h" = {_q(digest)} ] || {{ echo "{path} changed '
-            f'on the host since the plan was made" >&2; exit {CHANGED_SINCE_PLAN}; }}'
-        )
-    lines += [f"B={BACKUP_DIR}", 'rm -rf "$B"', 'mkdir -p "$B"', ': > "$B/ABSENT"']
-    for path in plan.paths():
-        qp = _q(path)
-        lines.append(
-            f'if [ -e {qp} ]; then mkdir -p "$B"$(dirname {qp}); cp -a {qp} "$B"{qp}; '
-            f'else echo {qp} >> "$B/ABSENT"; fi'
-        )
-    for path in plan.paths():
-        qp = _q(path)
-        # Same directory, then rename: readers see the old or the new file, never half.
-        lines.append(
-            f"mkdir -p $(dirname {qp}) && cp -a {_q(stage)}{qp} {qp}.edgekit-new "
-            f"&& mv -f {qp}.edgekit-new {qp}"
-        )
-    return "\n".join(lines) + "\n"
+    return script(
+        "install",
+        stage=stage,
+        expected=sorted(expected.items()),
+        paths=plan.paths(),
+        backup_dir=BACKUP_DIR,
+        changed_since_plan=CHANGED_SINCE_PLAN,
+    )
 
 
 def _restore_script() -> str:
-    return f"""set -u
-B={BACKUP_DIR}
-[ -d "$B" ] || exit 0
-while read -r f; do [ -n "$f" ] && rm -f "$f"; done < "$B/ABSENT"
-cd "$B" && find . -type f ! -name ABSENT | while read -r f; do
-  p="${{f#.}}"; cp -a "$f" "$p.edgekit-old" && mv -f "$p.edgekit-old" "$p"; done
-"""
+    return script("restore", backup_dir=BACKUP_DIR)
 
 
 def service_actions(plan: HostPlan, facts_units: dict[str, tuple[str, str]]) -> list[str]:
@@ -166,15 +127,7 @@ def service_actions(plan: HostPlan, facts_units: dict[str, tuple[str, str]]) -> 
 
 
 def health_command(instances: list[str], stats_port: int) -> str:
-    checks = " && ".join(
-        f"[ -f /run/edgekit/{i}.state ] && ! grep -qx FAULT /run/edgekit/{i}.state"
-        for i in instances
-    )
-    return (
-        f"systemctl is-active -q haproxy && systemctl is-active -q keepalived && "
-        f"pgrep -x haproxy >/dev/null && "
-        f"timeout 2 bash -c '</dev/tcp/127.0.0.1/{stats_port}' && {checks or 'true'}"
-    )
+    return script("health", instances=instances, stats_port=stats_port, state_dir=STATE_DIR)
 
 
 def wait_healthy(
@@ -184,11 +137,7 @@ def wait_healthy(
     command = health_command(instances, stats_port)
     if wait_until(lambda: host.run(command, sudo=True, timeout=15).ok, timeout, 0.3):
         return None
-    why = host.run(
-        "for u in haproxy keepalived; do printf '%s=%s ' $u $(systemctl is-active $u);"
-        " done; cat /run/edgekit/*.state 2>/dev/null | tr '\\n' ' '",
-        sudo=True,
-    )
+    why = host.run(script("health-why", units=UNITS, state_dir=STATE_DIR), sudo=True)
     return f"not healthy after {timeout:.0f}s ({why.stdout.strip()})"
 
 
@@ -227,11 +176,7 @@ def apply_host(
     if plan.missing_packages:
         install_packages(host, plan.missing_packages, progress)
         units = {u: ("inactive", "enabled") for u in units}  # re-read below when it matters
-        refreshed = host.run(
-            "for u in haproxy keepalived; do echo $u $(systemctl is-active $u)"
-            " $(systemctl is-enabled $u); done",
-            sudo=True,
-        )
+        refreshed = host.run(script("unit-states", units=UNITS), sudo=True)
         units = {
             ln.split()[0]: (ln.split()[1], ln.split()[2])
             for ln in refreshed.stdout.splitlines()
@@ -340,9 +285,6 @@ def _rollback(
             continue
         # The old files were serving before; bring the unit back to them.
         verb = "restart" if f"/etc/default/{unit}" in paths else "reload"
-        cmds.append(
-            f"if systemctl is-active -q {unit}; then systemctl {verb} {unit}; "
-            f"elif [ -s {conf} ]; then systemctl start {unit}; fi"
-        )
+        cmds.append(script("unit-back", unit=unit, verb=verb, conf=conf))
     for cmd in cmds:
         host.run(cmd, sudo=True, timeout=60)

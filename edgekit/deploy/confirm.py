@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import time
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from edgekit.facts import FIREWALL_STATE_DIR, ROLLED_BACK_MARKER, FirewallFacts,
 from edgekit.inventory.model import Inventory
 from edgekit.progress import Progress, wait_until
 from edgekit.remote import HostError, Transport
+from edgekit.remote.scripts import script
 from edgekit.render import RenderedFile
 
 ROLLBACK_UNIT = "edgekit-fw-rollback"
@@ -97,92 +97,49 @@ def test_lockout_requested() -> bool:
     return os.environ.get(LOCKOUT_ENV) == "1"
 
 
-def _q(s: str) -> str:
-    return shlex.quote(s)
+def _values(restore_files: str = "") -> dict[str, object]:
+    return {
+        "restore_files": restore_files,
+        "table": firewall.TABLE,
+        "unit": firewall.UNIT,
+        "previous": PREVIOUS,
+        "marker": ROLLED_BACK_MARKER,
+        "pid_file": ROLLBACK_PID,
+        "rollback": ROLLBACK_SCRIPT,
+        "rollback_unit": ROLLBACK_UNIT,
+        "state_dir": FIREWALL_STATE_DIR,
+    }
 
 
 def rollback_script(restore_files: str) -> str:
     """What the host runs when the timer fires: previous table, previous files, a marker."""
-    table = f"inet {firewall.TABLE}"
-    return f"""#!/bin/sh
-# edgekit: commit-confirmed rollback of the firewall. Armed just before `edgekit deploy`
-# loaded a new ruleset; deploy cancels it once it reconnects over a new SSH connection.
-# Running means it did not: restore the previous firewall, then the previous files.
-set -u
-if [ -s {PREVIOUS} ]; then nft -f {PREVIOUS}
-else systemctl stop {firewall.UNIT} 2>/dev/null; nft delete table {table} 2>/dev/null; fi
-(
-{restore_files}
-)
-systemctl daemon-reload
-date -u '+%Y-%m-%dT%H:%M:%SZ' > {ROLLED_BACK_MARKER}
-rm -f {ROLLBACK_PID}
-"""
+    return script("fw-rollback", **_values(restore_files))
 
 
 def arm_script(restore_files: str, window: float = WINDOW_S) -> str:
     """Save the loaded table, write the rollback script, start the timer."""
-    table = f"inet {firewall.TABLE}"
-    seconds = max(1, round(window))
-    return f"""set -eu
-mkdir -p {FIREWALL_STATE_DIR}
-rm -f {ROLLED_BACK_MARKER} {ROLLBACK_PID}
-if nft list table {table} > {PREVIOUS}.tmp 2>/dev/null; then
-  {{ printf 'table {table}\\ndelete table {table}\\n'; cat {PREVIOUS}.tmp; }} > {PREVIOUS}
-else : > {PREVIOUS}; fi
-rm -f {PREVIOUS}.tmp
-cat > {ROLLBACK_SCRIPT}.tmp <<'EDGEKIT_ROLLBACK'
-{rollback_script(restore_files)}EDGEKIT_ROLLBACK
-chmod 0700 {ROLLBACK_SCRIPT}.tmp && mv -f {ROLLBACK_SCRIPT}.tmp {ROLLBACK_SCRIPT}
-systemctl stop {ROLLBACK_UNIT}.timer {ROLLBACK_UNIT}.service >/dev/null 2>&1 || true
-systemctl reset-failed {ROLLBACK_UNIT}.timer {ROLLBACK_UNIT}.service >/dev/null 2>&1 || true
-if command -v systemd-run >/dev/null 2>&1 && systemd-run --quiet --unit {ROLLBACK_UNIT} \\
-    --description 'edgekit firewall rollback (commit confirmed)' \\
-    --on-active={seconds}s --timer-property=AccuracySec=100ms /bin/sh {ROLLBACK_SCRIPT} >/dev/null 2>&1; then
-  echo 'armed systemd-run'
-else
-  setsid sh -c 'sleep {seconds}; exec /bin/sh {ROLLBACK_SCRIPT}' </dev/null >/dev/null 2>&1 &
-  echo $! > {ROLLBACK_PID}
-  echo "armed pid $!"
-fi
-"""
+    return script("fw-arm", seconds=max(1, round(window)), **_values(restore_files))
 
 
 def cancel_script() -> str:
     """Stop the timer (or the sleeping fallback); say whether the rollback already ran."""
-    return f"""set -u
-if [ -f {ROLLBACK_PID} ]; then
-  pid=$(cat {ROLLBACK_PID})
-  if kill -0 "$pid" 2>/dev/null; then
-    if tr '\\0' ' ' < /proc/$pid/cmdline | grep -q 'sleep'; then kill -- -"$pid" 2>/dev/null || kill "$pid"
-    else while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; fi
-  fi
-  rm -f {ROLLBACK_PID}
-else
-  systemctl stop {ROLLBACK_UNIT}.timer >/dev/null 2>&1 || true
-  while systemctl is-active -q {ROLLBACK_UNIT}.service; do sleep 0.1; done
-fi
-if [ -f {ROLLED_BACK_MARKER} ]; then echo "rolled back $(cat {ROLLED_BACK_MARKER})"; else echo cancelled; fi
-"""
+    return script("fw-cancel", **_values())
 
 
 def restore_table_command() -> str:
     """Put the table back as it was before this deploy (for a rollback by deploy itself)."""
-    return (
-        f"if [ -s {PREVIOUS} ]; then nft -f {PREVIOUS}; else systemctl stop "
-        f"{firewall.UNIT} 2>/dev/null; nft delete table inet {firewall.TABLE} "
-        "2>/dev/null; true; fi"
-    )
+    return script("fw-restore-table", **_values())
 
 
 def removal_command() -> str:
     """firewall.enabled: false after edgekit managed it: take table, unit and files away."""
-    return (
-        f"systemctl disable --now -q {firewall.UNIT} 2>/dev/null; "
-        f"nft delete table inet {firewall.TABLE} 2>/dev/null; "
-        f"rm -f {_q(firewall.RULESET)} {_q(firewall.UNIT_PATH)}; "
-        f"rmdir {_q(firewall.RULESET.rsplit('/', 1)[0])} 2>/dev/null; "
-        "systemctl daemon-reload"
+    return script(
+        "fw-remove",
+        unit=firewall.UNIT,
+        table=firewall.TABLE,
+        ruleset=firewall.RULESET,
+        unit_path=firewall.UNIT_PATH,
+        ruleset_dir=firewall.RULESET.rsplit("/", 1)[0],
     )
 
 

@@ -1,0 +1,265 @@
+"""The shell scripts edgekit runs on the hosts (templates/remote/), rendered the way deploy,
+facts and the firewall's commit-confirmed load render them, pass shellcheck as POSIX sh
+(the hosts run them with `sh -c`), and put every value into the shell quoted."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from edgekit import facts, firewall
+from edgekit.deploy import confirm
+from edgekit.deploy.apply import (
+    _install_script,
+    _restore_script,
+    _rollback,
+    _stage,
+    health_command,
+    validate_staged,
+    wait_healthy,
+)
+from edgekit.deploy.plan import FileChange, HostPlan
+from edgekit.facts import LiveFile
+from edgekit.remote import scripts
+from edgekit.remote.fake import FakeHost
+from edgekit.render import STATE_DIR, RenderedFile, templates_dir
+from tests.conftest import need_program
+
+# Values a careless template would break on: a space, a quote, a dollar, a glob.
+ODD_PATH = "/etc/edge kit/it's $HOME*.cfg"
+STAGE = "/run/edgekit-stage.a b'c"
+FILES = [
+    RenderedFile("/etc/haproxy/haproxy.cfg", "global\n", 0o644, "root:root", "haproxy"),
+    RenderedFile("/etc/default/haproxy", "X=1\n", 0o600, "root:root", "haproxy", secret=True),
+    RenderedFile("/etc/keepalived/keepalived.conf", "k\n", 0o644, "root:root", "keepalived"),
+    RenderedFile(ODD_PATH, "odd\n", 0o640, "root:adm users", "systemd"),
+    RenderedFile(firewall.RULESET, "table inet edgekit {}\n", 0o644, "root:root", "nftables"),
+]
+PLAN = HostPlan("proxy1", [FileChange(f, LiveFile(f.path, None)) for f in FILES])
+
+# Findings that are right for these scripts.
+EXCLUDED_EVERYWHERE = {
+    # "Expressions don't expand in single quotes": `q` single-quotes every value, so a
+    # value with a `$` in it (ODD_PATH) is reported, and so is `sh -c '... "$1"' sh VALUE`,
+    # where the value reaches the inner shell as a positional parameter. Both are the
+    # quoting done right.
+    "SC2016",
+}
+EXCLUDED = {
+    # `. FILE` of a file that exists only on the host (/etc/os-release, the staged
+    # /etc/default/haproxy): there is nothing here to follow.
+    "SC1091": {"gather-facts", "validate"},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    template: str  # the name under templates/remote/, without .sh.j2
+    render: Callable[[], str]
+
+
+def _sent(run: Callable[[FakeHost], object], pattern: str) -> str:
+    """The command matching `pattern` that `run` sent to a scripted host."""
+    host = FakeHost("proxy1")
+    host.on(r"^mktemp -d /tmp/edgekit-upload", stdout="/tmp/edgekit-upload.x y\n")
+    host.on(r"mktemp -d /run/edgekit-stage", stdout=f"{STAGE}\n")
+    host.on(r"systemctl is-active -q haproxy && ", exit_code=1)  # never healthy
+    run(host)
+    return next(c for c in host.commands() if re.search(pattern, c))
+
+
+def _roll_back(host: FakeHost) -> None:
+    _rollback(host, PLAN, lambda _m: None, firewall_loaded=True)
+
+
+def _unhealthy(host: FakeHost) -> None:
+    wait_healthy(host, ["VI_51"], 8404, 0)
+
+
+# What the plan read: two files with content, the others absent.
+LIVE = {f.path: "absent" for f in FILES} | {
+    f.path: hashlib.sha256(f.content.encode()).hexdigest() for f in FILES[:2]
+}
+CASES = [
+    Case("gather-compare", "gather-facts", lambda: facts.gather_command([f.path for f in FILES])),
+    Case("gather-no-compare", "gather-facts", lambda: facts.gather_command([ODD_PATH])),
+    Case("gather-no-files", "gather-facts", lambda: facts.gather_command([])),
+    Case("firewall-compare", "fw-facts", lambda: facts.firewall_command(True)),
+    Case("firewall-no-compare", "fw-facts", lambda: facts.firewall_command(False)),
+    Case("stage", "stage", lambda: _sent(lambda h: _stage(h, FILES), r"mktemp -d /run")),
+    Case(
+        "validate",
+        "validate",
+        lambda: _sent(lambda h: validate_staged(h, STAGE, "proxy '1"), r"haproxy -c"),
+    ),
+    Case(
+        "install-absent",
+        "install",
+        lambda: _install_script(STAGE, PLAN, {f.path: "absent" for f in FILES}),
+    ),
+    Case("install-live", "install", lambda: _install_script(STAGE, PLAN, LIVE)),
+    Case("restore", "restore", _restore_script),
+    Case("health", "health", lambda: health_command(["VI_51", "VI_52"], 8404)),
+    Case("health-no-vip", "health", lambda: health_command([], 8404)),
+    Case("health-why", "health-why", lambda: _sent(_unhealthy, r"printf '%s=%s '")),
+    Case("unit-states", "unit-states", lambda: scripts.script("unit-states", units=facts.UNITS)),
+    Case("unit-back", "unit-back", lambda: _sent(_roll_back, r"^if systemctl is-active")),
+    Case("fw-restore-table", "fw-restore-table", confirm.restore_table_command),
+    Case("fw-rollback", "fw-rollback", lambda: confirm.rollback_script(_restore_script())),
+    Case("fw-arm", "fw-arm", lambda: confirm.arm_script(_restore_script(), window=30)),
+    Case("fw-arm-short", "fw-arm", lambda: confirm.arm_script("true", window=0.2)),
+    Case("fw-cancel", "fw-cancel", confirm.cancel_script),
+    Case("fw-remove", "fw-remove", confirm.removal_command),
+]
+
+
+def remote_templates() -> list[Path]:
+    return sorted((templates_dir() / scripts.DIRECTORY).glob("*"))
+
+
+@pytest.fixture
+def loaded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the templates that rendering loaded (includes too)."""
+    names: list[str] = []
+    env = scripts._env()
+    real = env.get_template
+
+    def recording(name: str | jinja2.Template, *args: object, **kw: object) -> jinja2.Template:
+        names.append(str(name))
+        return real(name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(env, "get_template", recording)
+    yield names
+
+
+def shellcheck(text: str, template: str) -> subprocess.CompletedProcess[str]:
+    here = {code for code, where in EXCLUDED.items() if template in where}
+    excluded = ",".join(sorted(EXCLUDED_EVERYWHERE | here))
+    command = [
+        "shellcheck",
+        "--shell=sh",
+        "--severity=style",
+        "--format=gcc",
+        "--exclude",
+        excluded,
+    ]
+    return subprocess.run(
+        [*command, "-"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_every_remote_script_passes_shellcheck_as_posix_sh(case: Case, loaded: list[str]) -> None:
+    need_program("shellcheck")
+    text = case.render()
+    assert scripts.template_name(case.template) in loaded
+    found = shellcheck(text, case.template)
+    numbered = "\n".join(f"{n:3} {line}" for n, line in enumerate(text.splitlines(), 1))
+    assert found.returncode == 0, f"{found.stdout}{found.stderr}\n{numbered}"
+
+
+def test_shellcheck_finds_what_it_is_asked_to_find() -> None:
+    need_program("shellcheck")
+    assert shellcheck('for f in $(ls /etc); do echo "$f"; done\n', "stage").returncode != 0
+
+
+def test_every_remote_template_is_checked() -> None:
+    files = {p.name for p in remote_templates()}
+    checked = {f"{c.template}.sh.j2" for c in CASES}
+    assert files and files == checked
+    for code, where in EXCLUDED.items():
+        assert where <= {c.template for c in CASES}, code
+
+
+def test_every_value_in_a_remote_template_is_quoted_for_the_shell() -> None:
+    """`q` (shlex.quote) for a value; `int` (integers only) inside a quoted string;
+    `shell` only for a whole script that another one runs."""
+    for path in remote_templates():
+        for expr in re.findall(r"\{\{-?(.*?)-?\}\}", path.read_text(), re.S):
+            last = expr.rsplit("|", 1)[-1].strip() if "|" in expr else ""
+            assert last in ("q", "int", "shell"), f"{path.name}: {{{{{expr}}}}} is not quoted"
+            if last == "shell":
+                assert path.name == "fw-rollback.sh.j2", path.name
+
+
+def test_quoting_refuses_what_it_cannot_quote() -> None:
+    with pytest.raises(TypeError):
+        scripts.script("health", instances=[], stats_port="8404; reboot", state_dir=STATE_DIR)
+    with pytest.raises(TypeError):
+        scripts.script("restore", backup_dir=None)
+    with pytest.raises(jinja2.UndefinedError):
+        scripts.script("restore")
+
+
+def test_the_facts_script_reads_files_whose_names_need_quoting(tmp_path: Path) -> None:
+    need_program("sh", "stat", "base64")
+    odd = tmp_path / "it's $HOME*"
+    odd.write_text("odd\n")
+    spaced = tmp_path / "with space"
+    spaced.write_text("spaced\n")
+    missing = tmp_path / "missing 'file'"
+    paths = [str(odd), str(spaced), str(missing)]
+    out = subprocess.run(
+        ["sh", "-c", facts.gather_command(paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    lines = out.split("@files\n", 1)[1].split("@units\n", 1)[0].splitlines()
+    assert len(lines) == 3 and lines[2] == f"{missing} -"
+    for line, path, content in zip(lines, paths, ("odd\n", "spaced\n"), strict=False):
+        assert line.startswith(f"{path} ")
+        assert base64.b64decode(line.rsplit(" ", 1)[1]).decode() == content
+
+
+def test_install_then_restore_puts_back_files_whose_names_need_quoting(tmp_path: Path) -> None:
+    need_program("sh", "sha256sum", "cp", "find")
+    live, stage, backup = tmp_path / "live", tmp_path / "stage a'b", tmp_path / "backup $x"
+    old, new = live / "it's $HOME*" / "a b.cfg", live / "new dir" / "c.cfg"
+    old.parent.mkdir(parents=True)
+    old.write_text("old\n")
+    for path in (old, new):
+        staged = Path(f"{stage}{path}")
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(f"new {path.name}\n")
+    paths = [str(old), str(new)]
+
+    def run(script: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    def install(expected: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return run(
+            scripts.script(
+                "install",
+                stage=str(stage),
+                paths=paths,
+                expected=sorted(expected.items()),
+                backup_dir=str(backup),
+                changed_since_plan=17,
+            )
+        )
+
+    stale = install({str(old): hashlib.sha256(b"what the plan read\n").hexdigest()})
+    assert stale.returncode == 17
+    assert stale.stderr == f"{old} changed on the host since the plan was made\n"
+    assert old.read_text() == "old\n" and not new.exists()
+
+    done = install({str(old): hashlib.sha256(b"old\n").hexdigest(), str(new): "absent"})
+    assert done.returncode == 0, done.stderr
+    assert old.read_text() == "new a b.cfg\n" and new.read_text() == "new c.cfg\n"
+
+    restored = run(scripts.script("restore", backup_dir=str(backup)))
+    assert restored.returncode == 0, restored.stderr
+    assert old.read_text() == "old\n" and not new.exists()
