@@ -6,9 +6,10 @@ from __future__ import annotations
 MAX_FILE_BYTES = 10 * 1024 * 1024
 # Nesting: edge.yaml needs 5 levels; deeper is a mistake or an attack on the parser.
 MAX_DEPTH = 32
-# Values after YAML aliases are expanded: 5,000 servers are about 25,000; more than
-# this is an alias bomb (a few KB that expand to billions of values).
-MAX_VALUES = 500_000
+# Values (every key, scalar, list and mapping), after YAML aliases are expanded: 5,000
+# servers are about 35,000. More is an alias bomb (a few KB that expand to billions of
+# values) or not an inventory; either would take haproxy -c and pydantic a long time.
+MAX_VALUES = 200_000
 # A plain number longer than this is not any value edgekit takes (and Python refuses
 # to read integers of more than 4,300 digits).
 MAX_NUMBER_CHARS = 20

@@ -36,6 +36,16 @@ _OCTAL = re.compile(r"^[-+]?0[0-9_]+$")
 _YAML11_BOOLS = {"yes", "no", "on", "off"}
 
 
+_BOMB = (
+    f"the file expands to more than {limits.MAX_VALUES} values (its YAML aliases multiply: "
+    "an alias bomb?); write the values out or use fewer aliases"
+)
+_TOO_MANY = (
+    f"the file holds more than {limits.MAX_VALUES} values; an inventory of 5,000 servers "
+    "holds about 40,000: is this the right file?"
+)
+
+
 @dataclass(frozen=True)
 class Document:
     data: dict[str, Any]
@@ -220,6 +230,8 @@ def _walk(root: yaml.Node, name: str) -> tuple[dict[Loc, int], list[Located]]:
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if len(seen) > limits.MAX_VALUES:  # no aliases needed: a long list does it too
+            return lines, [Located(name, None, "(top level)", _TOO_MANY)]
         if depth > limits.MAX_DEPTH:
             # The path's first two levels say where; all of it would fill the screen.
             problems.append(
@@ -309,9 +321,26 @@ def _plain_data(node: yaml.Node) -> Any:
     return _scalar(node)
 
 
+def _too_many_values(text: str) -> bool:
+    """Whether the text holds more than MAX_VALUES values, counted on the parser's event
+    stream (constant memory) before the node graph is built. Every value takes at least
+    two characters ('a,' or 'a' and a line break), so shorter text cannot."""
+    if len(text) <= 2 * limits.MAX_VALUES:
+        return False
+    count = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.ScalarEvent | yaml.CollectionStartEvent | yaml.AliasEvent):
+            count += 1
+            if count > limits.MAX_VALUES:
+                return True
+    return False
+
+
 def parse(text: str, name: str) -> Document:
     """The document as data; InventoryError for anything that is not a sound inventory."""
     try:
+        if _too_many_values(text):
+            raise InventoryError([Located(name, None, "(top level)", _TOO_MANY)])
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise _syntax_error(name, text, exc) from None
@@ -333,17 +362,7 @@ def parse(text: str, name: str) -> Document:
     # Without an alias ('*name') nothing is shared and nothing multiplies: skip the count.
     size = _expanded_size(node, limits.MAX_VALUES) if "*" in text else 0
     if size > limits.MAX_VALUES:
-        raise InventoryError(
-            [
-                Located(
-                    name,
-                    node.start_mark.line + 1,
-                    "(top level)",
-                    f"the file expands to more than {limits.MAX_VALUES} values (its YAML aliases "
-                    "multiply: an alias bomb?); write the values out or use fewer aliases",
-                )
-            ]
-        )
+        raise InventoryError([Located(name, node.start_mark.line + 1, "(top level)", _BOMB)])
     lines, problems = _walk(node, name)
     if problems:
         raise InventoryError(problems)
