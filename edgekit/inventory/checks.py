@@ -55,6 +55,10 @@ RESERVED_RANGES = [
     (ipaddress.IPv4Network("224.0.0.0/4"), "a multicast address (224.0.0.0/4)"),
     (ipaddress.IPv4Network("255.255.255.255/32"), "the limited broadcast address"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "in the reserved range 240.0.0.0/4"),
+    # RFC 5737: for examples in documentation, never routed.
+    (ipaddress.IPv4Network("192.0.2.0/24"), "in 192.0.2.0/24, reserved for documentation"),
+    (ipaddress.IPv4Network("198.51.100.0/24"), "in 198.51.100.0/24, reserved for documentation"),
+    (ipaddress.IPv4Network("203.0.113.0/24"), "in 203.0.113.0/24, reserved for documentation"),
 ]
 
 

@@ -117,6 +117,10 @@ def interface_name(value: object) -> object:
         raise ValueError(
             "an interface name must be printable ASCII (letters, digits, '-', '_', '.', '@')"
         )
+    if value.startswith("-"):
+        raise ValueError(
+            "an interface name cannot start with '-' (ip and other tools would read an option)"
+        )
     bad = sorted({c for c in value if c in "{}#!\"'\\;$`"})
     if bad:
         raise ValueError(
@@ -226,6 +230,13 @@ def _env_reference(line: str) -> bool:
     return False
 
 
+def _reads_a_file(line: str) -> bool:
+    """`return ... file PATH` / `lf-file PATH` (http-request, http-response, http-error)."""
+    words = [w.lower() for w in line.split()]
+    returns = words[:1] == ["http-error"] or words[1:2] == ["return"]
+    return returns and any(w in ("file", "lf-file") for w in words[2:])
+
+
 def haproxy_option(value: object) -> object:
     """One raw line for a service's backend section: it must stay inside that section."""
     if not isinstance(value, str):
@@ -263,6 +274,12 @@ def haproxy_option(value: object) -> object:
             f"'{word}' is a haproxy conditional or diagnostic directive "
             "(.if, .endif, ...), which can hide the rest of the config: write "
             "backend keywords only"
+        )
+    if word.lower() == "errorfile" or _reads_a_file(value):
+        raise ValueError(
+            "reads a file on the proxy into the response (any file haproxy can "
+            "read as root, such as /etc/shadow): write the content inline "
+            "(http-request return ... string or lf-string) instead"
         )
     if word.lower() in REFUSED_KEYWORDS:
         raise ValueError(
