@@ -52,6 +52,22 @@ SECTION_KEYWORDS = frozenset(
 REFUSED_KEYWORDS = frozenset({"stats"})
 
 
+def char_name(char: str) -> str:
+    return {
+        "\n": "a line break",
+        "\r": "a carriage return",
+        "\t": "a tab",
+        "\x00": "a NUL byte",
+    }.get(char, f"a control character (U+{ord(char):04X})")
+
+
+def printable_text(value: str) -> str:
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"holds {char_name(bad)}: write printable text only")
+    return value
+
+
 def duration(value: object) -> str:
     """A haproxy time: whole number and unit, at least 1 ms, at most haproxy's maximum."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -243,13 +259,9 @@ def haproxy_option(value: object) -> object:
         return value
     bad = next((c for c in value if not c.isprintable()), None)
     if bad is not None:
-        name = {
-            "\n": "a line break",
-            "\r": "a carriage return",
-            "\t": "a tab",
-            "\x00": "a NUL byte",
-        }.get(bad, f"a control character (U+{ord(bad):04X})")
-        raise ValueError(f"holds {name}: write one haproxy line per list item, with spaces")
+        raise ValueError(
+            f"holds {char_name(bad)}: write one haproxy line per list item, with spaces"
+        )
     if not value.strip():
         raise ValueError("an empty line: remove the item")
     if "#" in value:

@@ -31,6 +31,9 @@ EnvName = Annotated[str, Field(pattern=ENV_RE)]
 # haproxy reads a bare number as milliseconds: a unit is required.
 Duration = Annotated[str, BeforeValidator(fields.duration)]
 HaproxyOption = Annotated[str, BeforeValidator(fields.haproxy_option)]
+# Free text (file paths, references): any character but controls and invisible ones.
+Text = Annotated[str, AfterValidator(fields.printable_text)]
+UrlPath = Annotated[str, Field(pattern=PATH_RE), AfterValidator(fields.printable_text)]
 
 
 def _ip_text(value: object) -> object:
@@ -89,7 +92,7 @@ class Vrrp(Strict):
     preempt: Bool = False
     # VRRPv2 only (VRRPv3 has no authentication); read from the environment or a file.
     auth_pass_env: EnvName | None = None
-    auth_pass_file: str | None = None
+    auth_pass_file: Text | None = None
     garp_refresh: Annotated[int, Field(strict=True, ge=0, le=3600)] = 60
 
 
@@ -123,8 +126,8 @@ class Peer(Strict):
 class Ssh(Strict):
     user: Annotated[str, BeforeValidator(fields.ssh_user)] = "root"
     port: Port = 22
-    identity_file: str | None = None
-    known_hosts: str | None = None
+    identity_file: Text | None = None
+    known_hosts: Text | None = None
     connect_timeout: Annotated[float, Field(strict=True, gt=0, le=300)] = 10
 
 
@@ -139,7 +142,7 @@ class Server(Strict):
 
 class Health(Strict):
     type: Literal["tcp", "http", "https"] = "tcp"
-    path: str = Field(default="/healthz", pattern=PATH_RE)
+    path: UrlPath = "/healthz"
     expect_status: Annotated[int, Field(strict=True, ge=100, le=599)] = 200
     host: str | None = Field(default=None, pattern=HOST_HEADER_RE)
 
@@ -153,7 +156,7 @@ class Check(Strict):
 class Service(Strict):
     name: Name
     listen: Port
-    backend: str
+    backend: Text
     port: Port
     balance: Literal["roundrobin", "leastconn", "source"] = "roundrobin"
     sticky: Bool = False
@@ -175,8 +178,8 @@ class Stats(Strict):
     port: Port = 8404
     user: str = Field(default="admin", pattern=STATS_USER_RE)
     password_env: EnvName | None = None
-    password_file: str | None = None
-    uri: str = Field(default="/stats", pattern=PATH_RE)
+    password_file: Text | None = None
+    uri: UrlPath = "/stats"
 
 
 class Haproxy(Strict):

@@ -32,6 +32,9 @@ _BOOL = "tag:yaml.org,2002:bool"
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
 _NULL = "tag:yaml.org,2002:null"
+# What plain YAML resolves to (PyYAML's timestamp included: a date is then a type error).
+_TAGS = frozenset({_INT, _FLOAT, _BOOL, _STR, _NULL, "tag:yaml.org,2002:timestamp"})
+_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _OCTAL = re.compile(r"^[-+]?0[0-9_]+$")
 _YAML11_BOOLS = {"yes", "no", "on", "off"}
 
@@ -167,9 +170,16 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
     return size[id(root)]
 
 
+def _tag_problem(tag: str) -> str:
+    shown = tag.replace("tag:yaml.org,2002:", "!!")
+    return f"the YAML tag {shown} has no place in edge.yaml: write the value plainly"
+
+
 def _scalar_surprise(node: yaml.ScalarNode) -> str | None:
     """Why a plain scalar must be written differently, or None."""
-    if node.style:  # quoted or a block scalar: text, as written (plain: None, or '' in C)
+    if node.tag not in _TAGS:
+        return _tag_problem(node.tag)
+    if node.style and node.tag == _STR:  # quoted or a block scalar: text, as written
         return None
     text = str(node.value)
     if node.tag in (_INT, _FLOAT):
@@ -241,6 +251,16 @@ def _walk(root: yaml.Node, name: str) -> tuple[dict[Loc, int], list[Located]]:
                     format_path(loc[:2]),
                     f"nested more than {limits.MAX_DEPTH} levels deep "
                     "below here; edge.yaml needs about 5",
+                )
+            )
+            continue
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _COLLECTION_TAGS:
+            problems.append(
+                Located(
+                    name,
+                    lines.get(loc, node.start_mark.line + 1),
+                    format_path(loc),
+                    _tag_problem(node.tag),
                 )
             )
             continue

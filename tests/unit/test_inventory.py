@@ -143,6 +143,7 @@ CLASSES = {
     "ssh-": 8,
     "maxconn-": 5,
     "res-": 4,
+    "ctrl-": 4,
 }
 # Nothing but printable text, one line: no terminal escape, no second line.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e]")
