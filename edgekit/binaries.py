@@ -1,9 +1,10 @@
 """Validate rendered configs with the real haproxy and keepalived binaries on this machine.
 
-Both run in a private network namespace where the kernel allows one (root, or user
-namespaces): haproxy -c then sends no DNS query for backend host names, and keepalived
--t finds the peer's interfaces as veth links made there. The namespace lives as long
-as the check's process, so nothing is left behind, even when the check is killed.
+haproxy -c runs in a private network namespace where the kernel allows one (root, or
+a user namespace): it then sends no DNS query for backend host names. keepalived -t
+runs, as root only (its script security cannot pass inside a user namespace), in a
+private network namespace holding the peer's interfaces as veth links. A namespace
+lives as long as the check's process: nothing is left behind, even when it is killed.
 """
 
 from __future__ import annotations
@@ -164,8 +165,12 @@ def keepalived_skip_reason() -> str | None:
     missing = [p for p in ("keepalived", "ip", "mount", "unshare") if not shutil.which(p)]
     if missing:
         return f"{', '.join(missing)} not installed"
+    if os.geteuid() != 0:
+        # In a user namespace / and /etc belong to no mapped user, so keepalived's script
+        # security would refuse the check scripts of every config: a false rejection.
+        return "needs root (keepalived checks that its scripts and their directories are root's)"
     if _unshare("net", "mount") is None:
-        return "cannot make a private network namespace (needs root or user namespaces)"
+        return "cannot make a private network namespace"
     return None
 
 
