@@ -176,6 +176,7 @@ def _check_line(line: str, path: Path, rel: Path) -> None:
     if line_no is not None:
         assert line.startswith(f"{rel}:{line_no}: "), line
     assert not CONTROL.search(line), repr(line)
+    assert "should match pattern" not in line, line  # a rule in words, not a regex
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
