@@ -1,10 +1,12 @@
 """Read edge.yaml's text into plain data and a map of key paths to lines, safely.
 
-Bounded: the file's size, its nesting depth and the number of values its aliases
-expand to are checked on the composed node graph (where an alias is one shared
-node) before anything walks it as a tree, so a few KB of alias bomb is refused in
-milliseconds. YAML 1.1 readings that surprise (0443 is 291, 1:20 is 80, `yes` is
-true) are refused with the plain spelling to write instead.
+Bounded: the file's size is capped; a long file's values are counted on the parser's
+event stream before any node is built; nesting depth and the number of values
+aliases expand to are checked on the composed node graph (where an alias is one
+shared node) before anything walks it as a tree, so a few KB of alias bomb is
+refused in milliseconds. YAML 1.1 readings that surprise (0443 is 291, 1:20 is 80,
+`yes` is true) and YAML tags beyond the plain types are refused, with the plain
+spelling to write instead.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ _OCTAL = re.compile(r"^[-+]?0[0-9_]+$")
 _YAML11_BOOLS = {"yes", "no", "on", "off"}
 
 
+_TOO_BIG = (
+    f"the file is larger than {limits.MAX_FILE_BYTES} bytes; an inventory is a few KB: "
+    "is this the right file?"
+)
 _BOMB = (
     f"the file expands to more than {limits.MAX_VALUES} values (its YAML aliases multiply: "
     "an alias bomb?); write the values out or use fewer aliases"
@@ -72,18 +78,6 @@ def display_name(path: Path) -> str:
 def read_text(path: Path) -> str:
     """The file's text (`-`: standard input), refusing what is too big or not UTF-8."""
     name = display_name(path)
-    too_big = InventoryError(
-        [
-            Located(
-                name,
-                None,
-                "(top level)",
-                f"the file is larger than {limits.MAX_FILE_BYTES} "
-                "bytes; an inventory is a few KB: is this the right "
-                "file?",
-            )
-        ]
-    )
     try:
         if str(path) == STDIN:
             stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
@@ -105,7 +99,7 @@ def read_text(path: Path) -> str:
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror}") from None
     if len(raw) > limits.MAX_FILE_BYTES:
-        raise too_big
+        raise InventoryError([Located(name, None, "(top level)", _TOO_BIG)])
     if isinstance(raw, str):
         return raw
     try:
@@ -177,6 +171,13 @@ def _tag_problem(tag: str) -> str:
 
 def _scalar_surprise(node: yaml.ScalarNode) -> str | None:
     """Why a plain scalar must be written differently, or None."""
+    try:
+        return _surprise(node)
+    except ValueError:  # an explicitly tagged scalar that is no number at all (!!int "0x")
+        return f"{node.value} is not a number: write it in plain decimal"
+
+
+def _surprise(node: yaml.ScalarNode) -> str | None:
     if node.tag not in _TAGS:
         return _tag_problem(node.tag)
     if node.style and node.tag == _STR:  # quoted or a block scalar: text, as written
@@ -214,6 +215,7 @@ def _scalar_surprise(node: yaml.ScalarNode) -> str | None:
                 f"YAML 1.1 reads {text} as the number {plain}, YAML 1.2 as text; "
                 f"write {plain} without underscores"
             )
+        _scalar(node)  # raises ValueError for no number at all (an explicit !!int "abc")
     elif node.tag == _STR and _OCTAL.match(text) and text.lstrip("+-").isdigit():
         return (
             f"{text} has a leading zero, which YAML 1.1 reads as octal (and as text "
