@@ -254,7 +254,7 @@ def _ssh_files(inv: Inventory, base: Path) -> list[Problem]:
     out = []
     for key in ("identity_file", "known_hosts"):
         value = getattr(inv.ssh, key)
-        if value and not (base / Path(value).expanduser()).is_file():
+        if value and not (base / os.path.expanduser(value)).is_file():
             out.append(
                 Problem(
                     f"ssh.{key}",

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edgekit.errors import InputError, printable
+from edgekit import render
+from edgekit.errors import EdgekitError, InputError, printable
 from edgekit.inventory import limits, load_inventory, parse_peers_flag
 from edgekit.inventory.load import InventoryError
 from tests.cli import Result, run
@@ -1555,3 +1556,64 @@ def test_a_file_of_too_many_values_is_refused_before_it_is_built(tmp_path: Path)
         "right file?"
     ]
     assert elapsed < 1.5, elapsed  # counted on the event stream: no node graph is built
+
+
+# Fragments that often break YAML or the model, spliced at random into good inventories.
+FUZZ_TOKENS = [
+    "0443",
+    "1:20",
+    "yes",
+    "~",
+    "&a",
+    "*a",
+    "<<: *a",
+    "!!binary x",
+    "[",
+    "]",
+    "{",
+    "}",
+    '"\\e[2J"',
+    "'x'",
+    "-1",
+    "1e309",
+    ".inf",
+    "0x1F",
+    "10_0",
+    "\t",
+    "\n",
+    "- ",
+    ": ",
+    "#",
+    "!",
+    "`",
+    "|",
+    ">",
+    "\\u202e",
+    "9" * 30,
+    "2024-01-01",
+    "listen x",
+    "eth0/1",
+    "0.0.0.0/0",
+    "127.0.0.1",
+    "10.0.0.1/33",
+    "~!x/",
+]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mangled_inventories_load_or_fail_in_printable_lines(tmp_path: Path, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    goods = [p.read_text() for p in GOOD]
+    for _ in range(80):
+        text = rng.choice(goods)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(text))
+            cut = at + rng.choice([0, 0, rng.randint(1, 8)])
+            text = text[:at] + rng.choice(FUZZ_TOKENS + [""]) + text[cut:]
+        path = write(tmp_path, text)
+        try:
+            render.render_all(load_inventory(path))
+        except EdgekitError as exc:  # anything else is an internal error: the test fails
+            assert all(ln.isprintable() for ln in str(exc).splitlines()), repr(str(exc))
