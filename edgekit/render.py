@@ -384,8 +384,8 @@ def haproxy_sources(inv: Inventory, text: str) -> dict[int, str]:
         if (
             section == "backend"
             and name in services
-            and words[0] == "server"
-            and not (servers_seen)
+            and (key or "").startswith("backends.")  # one of the template's server lines
+            and not servers_seen
         ):
             # The template puts a service's haproxy_options right above its first server.
             servers_seen = True

@@ -766,3 +766,14 @@ def test_peer_interfaces_are_those_keepalived_conf_names(path: Path) -> None:
         conf = resolve(files[peer.name][KEEPALIVED_CONF].content, peer.name)
         named = {ln.split()[1] for ln in conf if ln.strip().startswith("interface ")}
         assert named == set(render.peer_interfaces(loaded.inventory, peer))
+
+
+def test_an_option_that_starts_like_a_server_line_maps_to_the_option(tmp_path: Path) -> None:
+    text = _issue_text(
+        **{"    timeout: 1h\n": "    timeout: 1h\n    haproxy_options:\n      - server half\n"}
+    )
+    loaded = _load_text(tmp_path, text)
+    cfg = by_path(render.render_all(loaded)["proxy1"])[HAPROXY_CFG].content
+    sources = render.haproxy_sources(loaded.inventory, cfg)
+    [n] = [n for n, line in enumerate(cfg.splitlines(), 1) if line.strip() == "server half"]
+    assert sources[n] == "services[2].haproxy_options[0]"
