@@ -82,6 +82,11 @@ def _secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EDGEKIT_DEBUG", raising=False)
 
 
+# A PATH without haproxy and keepalived, for CLI tests about something else: the
+# real-binary checks are skipped (and said to be).
+NO_BINARIES = {"PATH": "/nonexistent"}
+
+
 def cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> Result:
@@ -197,7 +202,7 @@ def test_broken_inventory_is_refused_with_one_clear_line(
 
 # A sample of every class through the whole CLI (the rest run through the library above,
 # which is what the CLI prints).
-CLI_SAMPLE = [p for p in BROKEN if p.name.startswith(tuple(CLASSES))][::9]
+CLI_SAMPLE = [p for p in BROKEN if p.name.startswith(tuple(CLASSES))][::12]
 
 
 @pytest.mark.parametrize("path", CLI_SAMPLE, ids=[p.stem for p in CLI_SAMPLE])
@@ -957,7 +962,7 @@ def test_init_writes_an_example_that_validates(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "edge.yaml").read_text()
     assert text.startswith("#") and "password_env" in text
-    assert cli("validate", "-i", "edge.yaml", cwd=tmp_path).returncode == 0
+    assert cli("validate", "-i", "edge.yaml", cwd=tmp_path, env=NO_BINARIES).returncode == 0
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -1181,7 +1186,7 @@ def test_the_fast_reader_gives_what_pyyaml_gives() -> None:
         try:
             node = yaml.compose(text, Loader=yaml.CSafeLoader)
             expected = yaml.load(text, Loader=yaml.CSafeLoader)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: !!int 0x
             continue
         if node is None or not isinstance(node, yaml.MappingNode):
             continue
@@ -1445,7 +1450,7 @@ def test_maxconn_beyond_what_linux_lets_a_process_open_is_refused(
 
 def test_validate_reads_standard_input(tmp_path: Path) -> None:
     text = yaml.safe_dump(ISSUE_EXAMPLE, sort_keys=False)
-    proc = cli("validate", "-i", "-", stdin=text, cwd=tmp_path)
+    proc = cli("validate", "-i", "-", stdin=text, cwd=tmp_path, env=NO_BINARIES)
     assert proc.returncode == 0, proc.stderr
     assert "<stdin>: valid" in proc.stderr
     bad = cli("validate", "-i", "-", stdin=text.replace("listen: 443", "listen: 0443"))
@@ -1600,7 +1605,7 @@ FUZZ_TOKENS = [
 ]
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_mangled_inventories_load_or_fail_in_printable_lines(tmp_path: Path, seed: int) -> None:
     import random
 
