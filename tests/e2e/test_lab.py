@@ -34,15 +34,6 @@ CLI = [
     "import edgekit.cli.lab; from edgekit.cli import run; run()",
 ]  # fmt: skip
 
-ROUTES = """\
-default via 192.0.2.1 dev eth0
-10.213.0.0/24 dev br-other proto kernel scope link src 10.213.0.1
-10.213.1.0/25 dev wg0 scope link
-192.0.2.0/24 dev eth0 proto kernel scope link src 192.0.2.2
-local 127.0.0.0/8 dev lo table local proto kernel scope host src 127.0.0.1
-broadcast 192.0.2.255 dev eth0 table local proto kernel scope link src 192.0.2.2
-"""
-
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -50,7 +41,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-# --- unit: pure logic -----------------------------------------------------------
+# --- the backend server, on loopback --------------------------------------------
 
 
 def free_port() -> int:

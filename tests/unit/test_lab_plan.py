@@ -3,8 +3,6 @@ image recipe and mirror (no root, no lab)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,14 +20,6 @@ from edgekit.lab.plan import (
     plan_lab,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-# The CLI with the lab commands imported explicitly, so these tests do not
-# depend on edgekit.cli._register (test_cli_registers_... checks that).
-CLI = [
-    sys.executable, "-c",
-    "import edgekit.cli.lab; from edgekit.cli import run; run()",
-]  # fmt: skip
-
 ROUTES = """\
 default via 192.0.2.1 dev eth0
 10.213.0.0/24 dev br-other proto kernel scope link src 10.213.0.1
@@ -38,12 +28,6 @@ default via 192.0.2.1 dev eth0
 local 127.0.0.0/8 dev lo table local proto kernel scope host src 127.0.0.1
 broadcast 192.0.2.255 dev eth0 table local proto kernel scope link src 192.0.2.2
 """
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
-    )
 
 
 # --- unit: pure logic -----------------------------------------------------------
