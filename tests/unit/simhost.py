@@ -40,11 +40,19 @@ def inventory(tmp_path: Path, *, firewall: bool = False) -> Loaded:
 
 
 def facts_text(
-    address: str, *, holds_vip: bool, files: dict[str, str | None], state: str = "BACKUP"
+    address: str,
+    *,
+    holds_vip: bool,
+    files: dict[str, str | None],
+    state: str = "BACKUP",
+    active: str = "active",
+    vip: str = "10.10.0.100",
 ) -> str:
+    """What edgekit's fact script prints on a Debian proxy with haproxy and keepalived
+    installed and `active`; `files` maps a path to its content (None: absent)."""
     addrs = [{"family": "inet", "local": address, "prefixlen": 24}]
     if holds_vip:
-        addrs.append({"family": "inet", "local": "10.10.0.100", "prefixlen": 24})
+        addrs.append({"family": "inet", "local": vip, "prefixlen": 24})
     lines = [
         "@os",
         "debian 12",
@@ -63,8 +71,8 @@ def facts_text(
         )
     lines += [
         "@units",
-        "haproxy active enabled",
-        "keepalived active enabled",
+        f"haproxy {active} enabled",
+        f"keepalived {active} enabled",
         "@haproxy",
         "4242",
         "4242 4250",

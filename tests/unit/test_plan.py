@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import json
-
 import pytest
 
 from edgekit.deploy.apply import service_actions
 from edgekit.deploy.plan import MASK, mask_secrets, plan_host
 from edgekit.facts import HostFacts, LiveFile, parse_facts
 from edgekit.render import RenderedFile
+from tests.unit import simhost
 
 
 def facts_text(files: dict[str, str | None], *, active: str = "active") -> str:
-    lines = [
-        "@os",
-        "debian 12",
-        "@packages",
-        "haproxy installed",
-        "keepalived installed",
-        "@addresses",
-        json.dumps(
-            [
-                {
-                    "ifname": "eth1",
-                    "addr_info": [
-                        {"family": "inet", "local": "10.0.0.11", "prefixlen": 24},
-                        {"family": "inet", "local": "10.0.0.100", "prefixlen": 24},
-                    ],
-                }
-            ]
-        ),
-        "@files",
-    ]
-    for path, content in files.items():
-        if content is None:
-            lines.append(f"{path} -")
-        else:
-            lines.append(f"{path} 644 root:root {base64.b64encode(content.encode()).decode()}")
-    lines += [
-        "@units",
-        f"haproxy {active} enabled",
-        f"keepalived {active} enabled",
-        "@haproxy",
-        "4242",
-        "4242 4250 ",
-        "@vrrp",
-        "VI_51 MASTER",
-        "@end",
-    ]
-    return "\n".join(lines) + "\n"
+    return simhost.facts_text(
+        "10.0.0.11", vip="10.0.0.100", holds_vip=True, files=files, active=active
+    )
 
 
 def test_parse_facts_reads_every_section() -> None:
