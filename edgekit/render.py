@@ -70,9 +70,9 @@ def templates_dir() -> Path:
     raise FileNotFoundError("edgekit templates not found (broken installation?)")
 
 
-@functools.lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
-    # One environment per process: each compiles a template once.
+def template_environment() -> jinja2.Environment:
+    """A new Jinja2 environment over templates/ with edgekit's settings: undefined
+    values are errors, output is byte-for-byte what the template says."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
@@ -81,6 +81,12 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    # One environment per process: each compiles a template once.
+    return template_environment()
 
 
 def inventory_hash(inv: Inventory, sections: tuple[str, ...] | None = None) -> str:

@@ -14,7 +14,7 @@ import shlex
 
 import jinja2
 
-from edgekit.render import templates_dir
+from edgekit.render import template_environment
 
 DIRECTORY = "remote"
 
@@ -48,14 +48,7 @@ def _shell(code: str) -> str:
 
 @functools.cache
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
+    env = template_environment()
     env.filters.update(q=_quote, int=_integer, shell=_shell)
     return env
 
