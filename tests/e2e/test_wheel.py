@@ -94,8 +94,11 @@ def test_wheel_ships_templates_and_declares_runtime_dependencies(
         names = set(whl.namelist())
         metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
         text = whl.read(metadata).decode()
-    for template in (REPO / "templates").iterdir():
-        assert f"edgekit/templates/{template.name}" in names
+    templates = REPO / "templates"
+    shipped = [p for p in templates.rglob("*") if p.is_file()]
+    assert any(p.parent != templates for p in shipped), "expected nested templates (remote/)"
+    for template in shipped:
+        assert f"edgekit/templates/{template.relative_to(templates).as_posix()}" in names
     requires = {
         line.split(":", 1)[1].strip().split(">")[0].split("=")[0].split("<")[0].strip().lower()
         for line in text.splitlines()
