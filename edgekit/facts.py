@@ -75,6 +75,7 @@ class HostFacts:
     haproxy_pids: list[int] = field(default_factory=list)
     haproxy_master: int | None = None
     vrrp_states: dict[str, str] = field(default_factory=dict)  # VI_51 -> MASTER
+    nr_open: int | None = None  # fs.nr_open: the most files one process may open
     firewall: FirewallFacts = field(default_factory=FirewallFacts)
 
     def holds(self, vip: ipaddress.IPv4Interface) -> bool:
@@ -171,6 +172,10 @@ def parse_facts(text: str) -> HostFacts:
         name, _, state = line.partition(" ")
         if name:
             facts.vrrp_states[name] = state.strip()
+    for line in s.get("limits", []):
+        key, _, value = line.partition(" ")
+        if key == "nr_open" and value.strip().isdigit():
+            facts.nr_open = int(value.strip())
     facts.firewall = parse_firewall(s.get("firewall", []))
     return facts
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edgekit.cli import LIVE_HELP, app
-from edgekit.cli.inventory import Inv, Json, echo_json, note
+from edgekit.cli.inventory import Inv, Json, echo_json, note, warn
 from edgekit.errors import ExitCode, InputError, OperationError
 from edgekit.inventory import Loaded, load_inventory, parse_peers_flag
 
@@ -33,7 +33,13 @@ AcceptNew = Annotated[
 
 
 def _load(inventory: Path, peers: str | None) -> Loaded:
-    return load_inventory(inventory, peers=parse_peers_flag(peers) if peers else None)
+    """The inventory of a command that connects: its SSH key and known_hosts files must
+    exist. Advice goes to stderr, so stdout stays data (--json)."""
+    loaded = load_inventory(
+        inventory, peers=parse_peers_flag(peers) if peers else None, for_ssh=True
+    )
+    warn(loaded)
+    return loaded
 
 
 @app.command()
@@ -233,12 +239,17 @@ def failover_test(
 
     if list_only:
         return _list_scenarios(json_out)
+    try:
+        registry.check_names(scenario)  # a typo is reported before the inventory is read
+    except ValueError as exc:
+        raise InputError(f"--scenario: {exc}") from None
     loaded = _load(inventory, None)
     hosts = peer_hosts(loaded)
     driver = driver_for(inventory, hosts, allow_host_down)
     try:
         chosen, left_out = registry.select(scenario, driver)
     except ValueError as exc:
+        close_all(hosts)
         hint = "pass --allow-host-down to power real hosts off" if "power" in str(exc) else None
         raise InputError(f"--scenario: {exc}", hint=hint) from None
     for line in left_out:

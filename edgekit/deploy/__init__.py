@@ -19,7 +19,7 @@ from edgekit.deploy.plan import HostPlan, plan_host
 from edgekit.errors import InputError, OperationError
 from edgekit.facts import HostFacts, TableState
 from edgekit.hosts import gather, in_parallel
-from edgekit.inventory import Loaded
+from edgekit.inventory import Loaded, maxconn_refusal
 from edgekit.net import tcp_answers
 from edgekit.progress import Progress, silent, wait_until
 from edgekit.remote import HostError, Transport
@@ -128,6 +128,9 @@ def preflight(loaded: Loaded, host: Transport, facts: HostFacts) -> None:
                 f"interface {iface} has no address in "
                 f"{vip.address.network} (the subnet of VIP {vip.address})",
             )
+    refusal = maxconn_refusal(inv, facts.nr_open) if facts.nr_open is not None else None
+    if refusal:
+        raise HostError(host.name, refusal)
     missing = [p for p, ok in facts.packages.items() if not ok]
     if missing:
         r = host.run("apt-cache show " + " ".join(missing) + " >/dev/null", sudo=True)

@@ -154,14 +154,20 @@ register(
 )
 
 
+def check_names(names: list[str] | None) -> None:
+    """ValueError naming the first unknown scenario (checked before anything connects)."""
+    for name in names or []:
+        if name not in SCENARIOS:
+            raise ValueError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+
+
 def select(names: list[str] | None, driver: FaultDriver) -> tuple[list[Scenario], list[str]]:
     """The scenarios to run and, for the defaults, a note for each left out. Asked-for
     names that are unknown or cannot run here raise ValueError with the reason."""
     if names:
+        check_names(names)
         chosen = []
         for name in names:
-            if name not in SCENARIOS:
-                raise ValueError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
             scenario = SCENARIOS[name]
             if not scenario.runnable(driver):
                 raise ValueError(

@@ -33,9 +33,10 @@ firewall: {{enabled: {firewall}}}
 """
 
 
-def inventory(tmp_path: Path, *, firewall: bool = False) -> Loaded:
+def inventory(tmp_path: Path, *, firewall: bool = False, extra: str = "") -> Loaded:
+    """The simulated cluster's inventory; `extra` is appended YAML (top-level keys)."""
     path = tmp_path / "edge.yaml"
-    path.write_text(INVENTORY.format(firewall="true" if firewall else "false"))
+    path.write_text(INVENTORY.format(firewall="true" if firewall else "false") + extra)
     return load_inventory(path)
 
 
@@ -47,6 +48,7 @@ def facts_text(
     state: str = "BACKUP",
     active: str = "active",
     vip: str = "10.10.0.100",
+    nr_open: int = 1048576,
 ) -> str:
     """What edgekit's fact script prints on a Debian proxy with haproxy and keepalived
     installed and `active`; `files` maps a path to its content (None: absent)."""
@@ -76,6 +78,8 @@ def facts_text(
         "@haproxy",
         "4242",
         "4242 4250",
+        "@limits",
+        f"nr_open {nr_open}",
         "@vrrp",
         f"VI_51 {'MASTER' if holds_vip else state}",
         "@firewall",

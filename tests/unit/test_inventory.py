@@ -1513,6 +1513,28 @@ def test_a_missing_identity_file_is_bad_input_for_commands_that_connect(tmp_path
     assert not load_inventory(path, for_ssh=True).warnings
 
 
+@pytest.mark.parametrize("command", ["deploy", "status", "failover-test"])
+def test_commands_that_connect_refuse_a_missing_known_hosts_before_connecting(
+    tmp_path: Path, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgekit.hosts
+
+    def no_dialling(*_a: object, **_k: object) -> None:
+        raise AssertionError("the inventory was not refused before connecting")
+
+    monkeypatch.setattr(edgekit.hosts, "peer_hosts", no_dialling)
+    inv = inventory(ssh={"user": "debian", "known_hosts": "gone/known_hosts"})
+    path = str(write(tmp_path, inv))
+    proc = cli(command, "-i", path, "--yes" if command == "deploy" else "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert "ssh.known_hosts: no such file on this machine" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # validate only warns: the file may exist on the machine that deploys.
+    checked = cli("validate", "-i", path, env=NO_BINARIES)
+    assert checked.returncode == 0, checked.stderr
+    assert "edgekit: warning:" in checked.stderr and "ssh.known_hosts" in checked.stderr
+
+
 def test_validate_says_which_real_binary_checks_did_not_run(tmp_path: Path) -> None:
     path = str(write(tmp_path, ISSUE_EXAMPLE))
     proc = cli("validate", "-i", path, env={"PATH": str(tmp_path)})  # no program found

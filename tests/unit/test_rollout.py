@@ -191,6 +191,21 @@ def test_an_unreachable_host_fails_preflight_before_any_host_changes(tmp_path: P
     assert not any(installed(h) for h in hosts.values())
 
 
+def test_a_host_whose_nr_open_is_below_what_maxconn_needs_fails_preflight(
+    tmp_path: Path,
+) -> None:
+    hosts = simhost.cluster()
+    low = simhost.facts_text("10.10.0.12", holds_vip=False, files={}, nr_open=65536)
+    hosts["proxy2"].on(r"echo '@os'", stdout=low)
+    loaded = simhost.inventory(tmp_path, extra="haproxy: {maxconn: 100000}\n")
+    with pytest.raises(HostError, match=r"proxy2.*fs\.nr_open") as err:
+        deploy.plan(loaded, dict(hosts))
+    assert "lower haproxy.maxconn to" in str(err.value)
+    assert not any(installed(h) for h in hosts.values())
+    # The same inventory is fine where the kernel allows enough files.
+    assert deploy.plan(loaded, dict(simhost.cluster())).pending
+
+
 def test_limit_names_an_unknown_peer_as_bad_input() -> None:
     from edgekit.errors import InputError
 
