@@ -102,27 +102,26 @@ def lab_ssh(
     os.execvp(argv[0], argv)
 
 
+Recipe = Annotated[
+    Path | None,
+    typer.Option("--recipe", help="Image recipe (default: the shipped images/debian-proxy.yaml)."),
+]
+TreeDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", help="Directory for the tree (default: a cache under /var/cache/edgekit)."
+    ),
+]
+Tarball = Annotated[
+    Path | None,
+    typer.Option(
+        "--tarball", help="Also export the tree to this tarball (.tar, .tar.gz, .tar.zst)."
+    ),
+]
+
+
 @image_app.command("build")
-def image_build(
-    recipe: Annotated[
-        Path | None,
-        typer.Option(
-            "--recipe", help="Image recipe (default: the shipped images/debian-proxy.yaml)."
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", help="Directory for the tree (default: a cache under /var/cache/edgekit)."
-        ),
-    ] = None,
-    tarball: Annotated[
-        Path | None,
-        typer.Option(
-            "--tarball", help="Also export the tree to this tarball (.tar, .tar.gz, .tar.zst)."
-        ),
-    ] = None,
-) -> None:
+def image_build(recipe: Recipe = None, output: TreeDir = None, tarball: Tarball = None) -> None:
     """Build the appliance tree with debootstrap (reused when the recipe is unchanged)."""
     from edgekit.image import build_image, export_tarball
 

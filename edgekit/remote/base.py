@@ -49,6 +49,9 @@ class CommandError(OperationError):
         self.result = result
 
 
+LineSink = Callable[[str], None]
+
+
 class Transport(ABC):
     """One host: run commands (optionally with sudo), move files, open new connections.
 
@@ -71,7 +74,6 @@ class Transport(ABC):
     def close(self) -> None:
         """Close the connection; the next run opens a new one."""
 
-    @abstractmethod
     def run(
         self,
         command: str,
@@ -80,7 +82,13 @@ class Transport(ABC):
         timeout: float | None = 120,
         stdin: str | None = None,
     ) -> Result:
-        """Run `command` through sh on the host."""
+        """Run `command` through sh on the host (connecting first if need be)."""
+        self.connect()
+        return self._run(command, sudo, timeout, stdin)
+
+    @abstractmethod
+    def _run(self, command: str, sudo: bool, timeout: float | None, stdin: str | None) -> Result:
+        """run() on a connected host."""
 
     @abstractmethod
     def put(self, content: str | bytes, remote_path: str, mode: int = 0o600) -> None:
@@ -95,17 +103,25 @@ class Transport(ABC):
         """A new, independent connection to the same host (which a firewall must admit
         afresh, unlike an established one)."""
 
-    @abstractmethod
     def stream(
         self,
         command: str,
-        on_line: Callable[[str], None],
+        on_line: LineSink,
         stop: threading.Event,
         idle_timeout: float = 2.0,
     ) -> None:
         """Run a long-lived command and hand each stdout line to on_line until `stop` is
         set, reconnecting when the connection dies or stalls (a host that lost its link
         or power), so a watcher outlives the fault it is watching."""
+        while not stop.is_set():
+            self._stream_once(command, on_line, stop, idle_timeout)
+
+    @abstractmethod
+    def _stream_once(
+        self, command: str, on_line: LineSink, stop: threading.Event, idle: float
+    ) -> None:
+        """One connection's worth of stream(): return when it ends, stalls `idle` seconds
+        or `stop` is set."""
 
     def check(
         self,

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgekit.remote.base import HostError, Result, Transport
+from edgekit.remote.base import HostError, LineSink, Result, Transport
 
 # A responder gets the command and returns its Result, or raises (HostError for a lost
 # connection, KeyboardInterrupt for Ctrl-C at that moment, ...).
@@ -107,15 +107,7 @@ class FakeHost(Transport):
     def close(self) -> None:
         self.closed = True
 
-    def run(
-        self,
-        command: str,
-        *,
-        sudo: bool = False,
-        timeout: float | None = 120,
-        stdin: str | None = None,
-    ) -> Result:
-        self.connect()
+    def _run(self, command: str, sudo: bool, timeout: float | None, stdin: str | None) -> Result:
         with self.shared.lock:
             self.shared.calls.append(Call(command, sudo, self.connection))
             rule = next((r for r in self.shared.rules if r.pattern.search(command)), None)
@@ -147,12 +139,8 @@ class FakeHost(Transport):
             number = self.shared.connections
         return FakeHost(self.name, self.user, _shared=self.shared, _connection=number)
 
-    def stream(
-        self,
-        command: str,
-        on_line: Callable[[str], None],
-        stop: threading.Event,
-        idle_timeout: float = 2.0,
+    def _stream_once(
+        self, command: str, on_line: LineSink, stop: threading.Event, idle: float
     ) -> None:
         for line in list(self.shared.lines):
             if stop.is_set():

@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 
 from edgekit.errors import OperationError
-from edgekit.remote.base import HostError, Result, Transport
+from edgekit.remote.base import HostError, LineSink, Result, Transport
 
 
 class _AcceptNew(paramiko.MissingHostKeyPolicy):
@@ -143,16 +142,7 @@ class SshTransport(Transport):
             self._conn.close()
             self._conn = None
 
-    def run(
-        self,
-        command: str,
-        *,
-        sudo: bool = False,
-        timeout: float | None = 120,
-        stdin: str | None = None,
-    ) -> Result:
-        """Run `command` through sh; never raises on a non-zero exit (see Result.ok)."""
-        self.connect()
+    def _run(self, command: str, sudo: bool, timeout: float | None, stdin: str | None) -> Result:
         assert self._conn is not None
         full = f"{self.sudo_prefix if sudo else ''}sh -c {shlex.quote(command)}"
         try:
@@ -193,22 +183,8 @@ class SshTransport(Transport):
         except (OSError, paramiko.SSHException) as exc:
             raise HostError(self.name, f"reading {remote_path} failed: {exc}") from None
 
-    def stream(
-        self,
-        command: str,
-        on_line: Callable[[str], None],
-        stop: threading.Event,
-        idle_timeout: float = 2.0,
-    ) -> None:
-        while not stop.is_set():
-            self._stream_once(command, on_line, stop, idle_timeout)
-
     def _stream_once(
-        self,
-        command: str,
-        on_line: Callable[[str], None],
-        stop: threading.Event,
-        idle_timeout: float,
+        self, command: str, on_line: LineSink, stop: threading.Event, idle: float
     ) -> None:
         watcher = self.reopen(2.0)
         try:
@@ -217,7 +193,7 @@ class SshTransport(Transport):
             transport = watcher._conn.client.get_transport()
             assert transport is not None
             chan = transport.open_session()
-            chan.settimeout(idle_timeout)
+            chan.settimeout(idle)
             chan.exec_command(f"sh -c {shlex.quote(command)}")
             buf = b""
             while not stop.is_set():
