@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from edgekit.errors import OperationError
@@ -18,6 +17,7 @@ from edgekit.lab.plan import (
 )
 from edgekit.lab.system import Proc, in_cgroups_argv, make_cgroups, remove_cgroup_tree, spawn
 from edgekit.net import tcp_answers
+from edgekit.progress import wait_until
 
 SERVER = Path(__file__).with_name("backend_server.py")
 PORTS = (BACKEND_HTTP_PORT, BACKEND_TLS_PORT, BACKEND_API_PORT)
@@ -46,14 +46,13 @@ def answers(address: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def wait_ports(host: LabHost, server: Proc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
     pending = list(PORTS)
-    while pending:
-        pending = [p for p in pending if not answers(host.address, p)]
-        if not pending:
-            return
-        if not server.alive():
+
+    def answering() -> bool:
+        pending[:] = [p for p in pending if not answers(host.address, p)]
+        if pending and not server.alive():
             raise OperationError(f"{host.name}: the backend server exited")
-        if time.monotonic() > deadline:
-            raise OperationError(f"{host.name}: ports {pending} do not answer on {host.address}")
-        time.sleep(0.05)
+        return not pending
+
+    if not wait_until(answering, timeout, 0.05):
+        raise OperationError(f"{host.name}: ports {pending} do not answer on {host.address}")

@@ -22,6 +22,7 @@ from edgekit.lab.system import (
     spawn,
     unified_root,
 )
+from edgekit.progress import wait_until
 
 # keepalived adds the VIP (NET_ADMIN) and sends VRRP on raw sockets (NET_RAW);
 # it also asks for realtime scheduling and locked memory.
@@ -99,16 +100,16 @@ def init_pid(host: LabHost) -> int | None:
 
 
 def wait_init(host: LabHost, nspawn: Proc, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
+    def started() -> int | None:
         pid = init_pid(host)
-        if pid:
-            return pid
-        if not nspawn.alive():
+        if not pid and not nspawn.alive():
             raise OperationError(f"{host.name}: systemd-nspawn exited during start")
-        if time.monotonic() > deadline:
-            raise OperationError(f"{host.name}: the container did not start within {timeout:g} s")
-        time.sleep(0.02)
+        return pid
+
+    pid = wait_until(started, timeout, 0.02)
+    if not pid:
+        raise OperationError(f"{host.name}: the container did not start within {timeout:g} s")
+    return pid
 
 
 def wait_booted(host: LabHost, pid: int, timeout: float) -> tuple[str, list[str]]:
@@ -143,18 +144,17 @@ def failed_units(pid: int) -> list[str]:
 
 def wait_ssh(host: LabHost, timeout: float) -> None:
     """Until sshd sends its banner: listening alone is not enough to log in."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def banner() -> bool:
         try:
             with socket.create_connection((host.address, 22), timeout=1) as sock:
                 sock.settimeout(2)
-                if sock.recv(64).startswith(b"SSH-"):
-                    return
+                return sock.recv(64).startswith(b"SSH-")
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise OperationError(f"{host.name}: sshd did not answer on {host.address}:22")
-        time.sleep(0.05)
+            return False
+
+    if not wait_until(banner, timeout, 0.05):
+        raise OperationError(f"{host.name}: sshd did not answer on {host.address}:22")
 
 
 def _user_ids(root: Path, user: str) -> tuple[int, int]:

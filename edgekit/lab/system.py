@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import OperationError
+from edgekit.progress import wait_until
 
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
 
@@ -84,12 +84,7 @@ def reap() -> None:
 
 
 def wait_gone(procs: list[Proc], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(p.alive() for p in procs):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return bool(wait_until(lambda: not any(p.alive() for p in procs), timeout, 0.05))
 
 
 # --- cgroups -----------------------------------------------------------------
@@ -159,12 +154,7 @@ def cgroup_empty(group: str, name: str) -> bool:
 
 
 def wait_cgroup_empty(group: str, name: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cgroup_empty(group, name):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return bool(wait_until(lambda: cgroup_empty(group, name), timeout, 0.02))
 
 
 def remove_cgroup_tree(directory: Path, keep_top: bool = False) -> None:
