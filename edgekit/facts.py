@@ -10,12 +10,19 @@ from enum import StrEnum
 
 from edgekit import firewall
 from edgekit.remote.scripts import script
-from edgekit.render import STATE_DIR
+from edgekit.render import HAPROXY_CFG, STATE_DIR
 
 PACKAGES = ("haproxy", "keepalived")
 UNITS = ("haproxy", "keepalived")
 FIREWALL_STATE_DIR = "/var/lib/edgekit"
 ROLLED_BACK_MARKER = f"{FIREWALL_STATE_DIR}/firewall-rolled-back"
+# Deploy state on each host. BACKUP_ROOT holds one directory per running deploy.
+# PENDING ("DEPLOY-ID UNIT...") exists from just before the install until the host is
+# healthy on the new files: a deploy that stopped in between left those units running
+# older configs than the ones on disk. APPLIED is "DEPLOY-ID TIME" of the last that ended.
+BACKUP_ROOT = f"{FIREWALL_STATE_DIR}/backup"
+PENDING = f"{FIREWALL_STATE_DIR}/pending"
+APPLIED = f"{FIREWALL_STATE_DIR}/applied"
 
 
 class TableState(StrEnum):
@@ -76,6 +83,12 @@ class HostFacts:
     haproxy_master: int | None = None
     vrrp_states: dict[str, str] = field(default_factory=dict)  # VI_51 -> MASTER
     nr_open: int | None = None  # fs.nr_open: the most files one process may open
+    pending_deploy: str = ""  # the id of a deploy that stopped before it finished here
+    pending_units: list[str] = field(default_factory=list)  # units it had not reloaded
+    applied: str = ""  # "DEPLOY-ID TIME" of the last deploy that finished here
+    haproxy_cfg_mtime: int | None = None  # seconds since the epoch
+    haproxy_started: int | None = None  # the newest haproxy process's start (epoch s)
+    leftovers: list[str] = field(default_factory=list)  # staging/backup a deploy left
     firewall: FirewallFacts = field(default_factory=FirewallFacts)
 
     def holds(self, vip: ipaddress.IPv4Interface) -> bool:
@@ -83,6 +96,20 @@ class HostFacts:
 
     def interface_addresses(self, interface: str) -> list[ipaddress.IPv4Interface]:
         return self.addresses.get(interface, [])
+
+    def stale_units(self) -> list[str]:
+        """Units that run an older config than the one installed: those a stopped deploy
+        did not reload, and a haproxy whose newest process predates haproxy.cfg."""
+        stale = set(self.pending_units)
+        running = self.units.get("haproxy", ("",))[0] == "active"
+        if (
+            running
+            and self.haproxy_started is not None
+            and self.haproxy_cfg_mtime is not None
+            and self.haproxy_started < self.haproxy_cfg_mtime
+        ):
+            stale.add("haproxy")
+        return [u for u in UNITS if u in stale]
 
 
 def firewall_command(compare: bool) -> str:
@@ -111,6 +138,10 @@ def gather_command(paths: list[str]) -> str:
         paths=paths,
         units=UNITS,
         state_dir=STATE_DIR,
+        pending=PENDING,
+        applied=APPLIED,
+        backup_root=BACKUP_ROOT,
+        haproxy_cfg=HAPROXY_CFG,
         **_firewall_values(firewall.RULESET in paths),
     )
 
@@ -172,6 +203,19 @@ def parse_facts(text: str) -> HostFacts:
         name, _, state = line.partition(" ")
         if name:
             facts.vrrp_states[name] = state.strip()
+    for line in s.get("deploy", []):
+        key, _, value = line.partition(" ")
+        value = value.strip()
+        if key == "pending":
+            deploy_id, *units = value.split() or ["?"]
+            facts.pending_deploy = deploy_id if deploy_id else "?"
+            facts.pending_units = [u for u in units if u in UNITS]
+        elif key == "applied":
+            facts.applied = value
+        elif key in ("haproxy_cfg_mtime", "haproxy_started") and value.isdigit():
+            setattr(facts, key, int(value))
+        elif key == "leftover" and value:
+            facts.leftovers.append(value)
     for line in s.get("limits", []):
         key, _, value = line.partition(" ")
         if key == "nr_open" and value.strip().isdigit():

@@ -13,7 +13,7 @@ from edgekit.facts import FirewallFacts, HostFacts, TableState
 from edgekit.hosts import gather, in_parallel
 from edgekit.inventory import Loaded
 from edgekit.remote import Transport
-from edgekit.render import inventory_hash, render_all
+from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, inventory_hash, render_all
 
 # Reads haproxy's runtime API (a unix socket) on the host; python3 is on every
 # Debian edgekit supports, socat is not.
@@ -38,6 +38,13 @@ class PeerStatus:
     # "loaded" (the table is what the installed ruleset loads), "off" (firewall.enabled is
     # false), or what is wrong: "not loaded", "differs", ...; see firewall_state().
     firewall: str = ""
+    # Units that run an older config than the installed one (a deploy stopped before it
+    # reloaded them), and what a stopped deploy left behind (staging holds secrets).
+    stale: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+
+
+STALE_CONFIG = {"haproxy": HAPROXY_CFG, "keepalived": KEEPALIVED_CONF}
 
 
 @dataclass
@@ -91,6 +98,8 @@ def peer_status(loaded: Loaded, host: Transport, wanted: dict[str, str]) -> Peer
     st.vips = [str(v.address.ip) for v in loaded.inventory.vips if facts.holds(v.address)]
     st.drift = drift(facts, wanted)
     st.firewall = firewall_state(loaded, facts.firewall)
+    st.stale = facts.stale_units()
+    st.leftovers = facts.leftovers
     if st.haproxy_up:
         result = host.run(SHOW_STAT, sudo=True, timeout=15)
         if result.ok:
@@ -151,6 +160,16 @@ def verdict(loaded: Loaded, peers: list[PeerStatus]) -> tuple[dict[str, list[str
             problems.append(f"{p.name}: {', '.join(f'{i} {p.vrrp[i]}' for i in faults)}")
         if p.drift:
             problems.append(f"drift on {p.name}: {', '.join(p.drift)}")
+        for unit in p.stale:
+            problems.append(
+                f"{p.name}: {unit} runs an older config than {STALE_CONFIG[unit]} "
+                "(run edgekit deploy to reload it)"
+            )
+        if p.leftovers:
+            problems.append(
+                f"{p.name}: a stopped deploy left {', '.join(p.leftovers)} "
+                "(the next deploy removes it)"
+            )
         if p.firewall not in ("loaded", "off", ""):
             problems.append(f"{p.name}: firewall {p.firewall}")
     return holders, problems

@@ -60,31 +60,37 @@ def deploy(
     json_out: Json = False,
 ) -> int:
     """Make every peer an identical haproxy + keepalived proxy: preflight, plan, roll out."""
+    from contextlib import nullcontext
+
     from edgekit import deploy as rollout
+    from edgekit.deploy.lock import local_lock
     from edgekit.hosts import close_all, peer_hosts
 
     loaded = _load(inventory, peers)
     names = [n.strip() for n in limit.split(",")] if limit else None
     progress = (lambda _m: None) if json_out else note
-    hosts = rollout.select(peer_hosts(loaded, accept_new=accept_new), names)
-    try:
-        plan = rollout.plan(loaded, hosts, progress=progress)
-        if not json_out:
-            _show_plan(plan)
-        if dry_run or not plan.pending:
-            if json_out:
-                report = rollout.DeployReport(plan, holders=plan.holders())
-                echo_json({**report.to_dict(), "dry_run": dry_run, "pending": plan.pending})
-            if not plan.pending and not json_out:
-                note("no changes")
-            return int(ExitCode.PENDING if plan.pending and dry_run else ExitCode.OK)
-        if not yes and not typer.confirm("apply these changes?", err=True):
-            note("nothing applied")
-            return int(ExitCode.INTERRUPTED)
-        # Exactly what was shown: apply() plans nothing again.
-        report = rollout.apply(plan, hosts, progress=progress)
-    finally:
-        close_all(hosts)
+    # One deploy of a cluster at a time from this machine (hosts have their own locks).
+    locked = nullcontext() if dry_run else local_lock(loaded.inventory.cluster)
+    with locked:
+        hosts = rollout.select(peer_hosts(loaded, accept_new=accept_new), names)
+        try:
+            plan = rollout.plan(loaded, hosts, progress=progress)
+            if not json_out:
+                _show_plan(plan)
+            if dry_run or not plan.pending:
+                if json_out:
+                    report = rollout.DeployReport(plan, holders=plan.holders())
+                    echo_json({**report.to_dict(), "dry_run": dry_run, "pending": plan.pending})
+                if not plan.pending and not json_out:
+                    note("no changes")
+                return int(ExitCode.PENDING if plan.pending and dry_run else ExitCode.OK)
+            if not yes and not typer.confirm("apply these changes?", err=True):
+                note("nothing applied")
+                return int(ExitCode.INTERRUPTED)
+            # Exactly what was shown: apply() plans nothing again.
+            report = rollout.apply(plan, hosts, progress=progress)
+        finally:
+            close_all(hosts)
     if json_out:
         echo_json({**report.to_dict(), "dry_run": False})
     else:
@@ -107,8 +113,14 @@ def _show_plan(plan: DeployPlan) -> None:
                 + (f"; start {' '.join(host_plan.start_units)}" if host_plan.start_units else "")
             )
             typer.echo(host_plan.diff(), nl=False)
-        else:
+        elif not plan.stale(name):
             note(f"{name}: no changes")
+        stale = plan.stale(name)
+        if stale:
+            typer.echo(
+                f"--- {name}: {' and '.join(stale)} run(s) an older config than installed "
+                "(a deploy stopped before reloading); will reload"
+            )
 
 
 def _summary(report: DeployReport) -> None:
@@ -118,7 +130,7 @@ def _summary(report: DeployReport) -> None:
             result = "applied"
         elif name == report.failed:
             result = "FAILED"
-        elif plan.changed:
+        elif report.plan.touches(name):
             result = "not reached"
         else:
             result = "unchanged"

@@ -7,14 +7,17 @@ rolls exactly that plan out, host by host, VIP holders last, and verifies the re
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from edgekit import firewall
 from edgekit.deploy import confirm as fw_load
-from edgekit.deploy.apply import ApplyError, Timing, apply_host
+from edgekit.deploy import lock as deploy_lock
+from edgekit.deploy.apply import ApplyError, Timing, apply_host, converge_host, sweep
 from edgekit.deploy.plan import HostPlan, plan_host
 from edgekit.errors import InputError, OperationError
 from edgekit.facts import HostFacts, TableState
@@ -45,9 +48,18 @@ class DeployPlan:
 
     @property
     def pending(self) -> bool:
+        return any(self.touches(n) for n in self.hosts)
+
+    def stale(self, name: str) -> list[str]:
+        """Units on `name` that run older configs than its installed ones (a deploy
+        stopped before it reloaded them): the apply reloads them."""
+        return self.facts[name].stale_units() if name in self.facts else []
+
+    def touches(self, name: str) -> bool:
         return (
-            any(p.changed for p in self.hosts.values())
-            or FirewallAction.REMOVE in self.firewall.values()
+            self.hosts[name].changed
+            or self.firewall.get(name) is FirewallAction.REMOVE
+            or bool(self.stale(name))
         )
 
     def order(self) -> list[str]:
@@ -57,8 +69,7 @@ class DeployPlan:
         names = [
             p.name
             for p in self.loaded.inventory.peers
-            if p.name in self.hosts
-            and (self.hosts[p.name].changed or self.firewall.get(p.name) is FirewallAction.REMOVE)
+            if p.name in self.hosts and self.touches(p.name)
         ]
         return sorted(names, key=lambda n: any(self.facts[n].holds(v) for v in vips))
 
@@ -94,6 +105,7 @@ class DeployReport:
                     "enable": p.enable_units,
                     "start": p.start_units,
                     "firewall": str(self.plan.firewall.get(name, "")),
+                    "reload_stale": self.plan.stale(name),
                     "applied": name in self.applied,
                 }
                 for name, p in self.plan.hosts.items()
@@ -248,31 +260,51 @@ def apply(
     if not the_plan.pending:
         return report
     instances = [f"VI_{v.vrid}" for v in inv.vips]
-    for name in the_plan.order():
-        host_plan = the_plan.hosts[name]
-        action = the_plan.firewall.get(name)
-        progress(f"{name}: applying ({len(host_plan.changes)} file(s) differ)")
-        try:
-            if host_plan.changed:
-                apply_host(
-                    hosts[name],
-                    name,
-                    host_plan,
-                    the_plan.files[name],
-                    the_plan.facts[name],
-                    instances,
-                    inv.stats.port,
-                    progress,
-                    firewall_load=action is FirewallAction.LOAD,
-                    timing=timing,
-                )
-            if action is FirewallAction.REMOVE:
-                _remove_firewall(hosts[name], progress)
-        except (ApplyError, HostError) as exc:
-            report.failed, report.error = name, str(exc)
-            return report
-        report.applied.append(name)
-        progress(f"{name}: healthy")
+    deploy_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    order = the_plan.order()
+    try:
+        with deploy_lock.host_locks({n: hosts[n] for n in order}, deploy_lock.owner()):
+            for name in order:
+                host_plan = the_plan.hosts[name]
+                action = the_plan.firewall.get(name)
+                stale = the_plan.stale(name)
+                progress(f"{name}: applying ({len(host_plan.changes)} file(s) differ)")
+                sweep(hosts[name], progress)
+                if host_plan.changed:
+                    apply_host(
+                        hosts[name],
+                        name,
+                        host_plan,
+                        the_plan.files[name],
+                        the_plan.facts[name],
+                        instances,
+                        inv.stats.port,
+                        progress,
+                        firewall_load=action is FirewallAction.LOAD,
+                        timing=timing,
+                        deploy_id=deploy_id,
+                        stale=stale,
+                    )
+                elif stale:
+                    progress(f"{name}: {', '.join(stale)} run(s) older configs than installed")
+                    converge_host(
+                        hosts[name],
+                        stale,
+                        the_plan.facts[name],
+                        instances,
+                        inv.stats.port,
+                        progress,
+                        timing=timing,
+                        deploy_id=deploy_id,
+                    )
+                if action is FirewallAction.REMOVE:
+                    _remove_firewall(hosts[name], progress)
+                report.applied.append(name)
+                progress(f"{name}: healthy")
+    except (ApplyError, HostError) as exc:
+        report.failed = getattr(exc, "host", None) or "?"
+        report.error = str(exc)
+        return report
     _verify(
         the_plan.loaded,
         hosts,

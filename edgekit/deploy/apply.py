@@ -10,13 +10,13 @@ from edgekit import firewall
 from edgekit.deploy import confirm as fw_load
 from edgekit.deploy.plan import HostPlan
 from edgekit.errors import EdgekitError, OperationError
-from edgekit.facts import UNITS, HostFacts
+from edgekit.facts import APPLIED, BACKUP_ROOT, PENDING, UNITS, HostFacts
 from edgekit.progress import Progress, wait_until
 from edgekit.remote import Result, Transport
 from edgekit.remote.scripts import script
 from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, STATE_DIR, RenderedFile
 
-BACKUP_DIR = "/var/lib/edgekit/backup"
+RELOADED = ("haproxy", "keepalived")  # what a pending mark can name
 # Exit code of the install script when a live file is not what the plan read.
 CHANGED_SINCE_PLAN = 17
 
@@ -84,21 +84,62 @@ def live_hash(content: str | None) -> str:
     return "absent" if content is None else hashlib.sha256(content.encode()).hexdigest()
 
 
-def _install_script(stage: str, plan: HostPlan, expected: dict[str, str]) -> str:
+def backup_dir(deploy_id: str) -> str:
+    return f"{BACKUP_ROOT}/{deploy_id}"
+
+
+def _install_script(
+    stage: str, plan: HostPlan, expected: dict[str, str], deploy_id: str, units: list[str]
+) -> str:
     """Refuse (exit CHANGED_SINCE_PLAN, naming the file) if a live file is not what the
-    plan read; else back up, then move every new file into place."""
+    plan read; else mark the host pending on `units`, back up, then move every new file
+    into place."""
     return script(
         "install",
         stage=stage,
         expected=sorted(expected.items()),
         paths=plan.paths(),
-        backup_dir=BACKUP_DIR,
+        backup_dir=backup_dir(deploy_id),
         changed_since_plan=CHANGED_SINCE_PLAN,
+        pending=PENDING,
+        deploy_id=deploy_id,
+        units=" ".join(units),
     )
 
 
-def _restore_script() -> str:
-    return script("restore", backup_dir=BACKUP_DIR)
+def _restore_script(deploy_id: str) -> str:
+    return script("restore", backup_dir=backup_dir(deploy_id))
+
+
+def finish_script(deploy_id: str, *, applied: bool) -> str:
+    return script(
+        "finish",
+        applied=applied,
+        applied_path=APPLIED,
+        pending=PENDING,
+        deploy_id=deploy_id,
+        backup_dir=backup_dir(deploy_id),
+    )
+
+
+def sweep_script() -> str:
+    return script("sweep", backup_root=BACKUP_ROOT)
+
+
+def sweep(host: Transport, progress: Progress) -> None:
+    """Remove what stopped deploys left (call it holding the host's deploy lock)."""
+    left = host.check(sweep_script(), "removing what a stopped deploy left", sudo=True)
+    paths = left.stdout.split()
+    if paths:
+        progress(f"{host.name}: removed what a stopped deploy left: {', '.join(paths)}")
+
+
+def _reload_actions(units: list[str], facts_units: dict[str, tuple[str, str]]) -> list[str]:
+    """Make running units read the files already installed (a stopped deploy's)."""
+    return [
+        f"systemctl {'reload' if facts_units.get(u, ('',))[0] == 'active' else 'start'} {u}"
+        for u in units
+    ]
 
 
 def service_actions(plan: HostPlan, facts_units: dict[str, tuple[str, str]]) -> list[str]:
@@ -163,11 +204,15 @@ def apply_host(
     *,
     firewall_load: bool = False,
     timing: Timing | None = None,
+    deploy_id: str = "manual",
+    stale: list[str] | None = None,
 ) -> ApplyResult:
     """Apply the plan made from `facts`. `firewall_load`: (re)load the firewall although
     its files did not change (the loaded table differs from them, or its unit is not
-    running)."""
+    running). `stale`: units that run older configs than the installed ones (a stopped
+    deploy's), reloaded as well."""
     timing = timing or Timing()
+    stale = stale or []
     units = dict(facts.units)
     expected = {
         f.path: live_hash(facts.files[f.path].content if f.path in facts.files else None)
@@ -183,6 +228,9 @@ def apply_host(
             if len(ln.split()) == 3
         }
     actions = service_actions(plan, units)
+    touched = [u for u in RELOADED if u in plan.services_touched() or u in plan.start_units]
+    actions += _reload_actions([u for u in stale if u not in touched], units)
+    pending_units = sorted(set(touched) | set(stale))
     load_fw = firewall_load or bool({firewall.RULESET, firewall.UNIT_PATH} & set(plan.paths()))
     stage = _stage(host, files)
     try:
@@ -196,7 +244,9 @@ def apply_host(
         )
         progress(f"{host.name}: validated ({checked}); installing {len(plan.changes)} file(s)")
         try:
-            installed = host.run(_install_script(stage, plan, expected), sudo=True)
+            installed = host.run(
+                _install_script(stage, plan, expected, deploy_id, pending_units), sudo=True
+            )
             if installed.exit_code == CHANGED_SINCE_PLAN:
                 raise ApplyError(
                     host.name,
@@ -204,7 +254,7 @@ def apply_host(
                     rolled_back=False,
                 )
             if not installed.ok:
-                _rollback(host, plan, progress)
+                _rollback(host, plan, progress, deploy_id)
                 raise ApplyError(
                     host.name, f"installing files failed: {installed.last_line()}", rolled_back=True
                 )
@@ -213,7 +263,7 @@ def apply_host(
                 # First, before haproxy or keepalived see a new file: if the firewall cuts
                 # this machine off, the host's own rollback restores every file, and
                 # nothing else has taken effect yet.
-                reason = _load_firewall(host, actions, progress, timing)
+                reason = _load_firewall(host, actions, progress, timing, deploy_id)
                 actions = [c for c in actions if c != "systemctl daemon-reload"]
             if reason is None:
                 reason = _run_actions(host, actions, progress)
@@ -222,17 +272,41 @@ def apply_host(
         except KeyboardInterrupt:
             # Never leave a host half-applied: Ctrl-C puts its previous files back.
             progress(f"{host.name}: interrupted; restoring its previous files")
-            _rollback(host, plan, progress, firewall_loaded=load_fw)
+            _rollback(host, plan, progress, deploy_id, firewall_loaded=load_fw)
             raise
         if reason is not None:
-            _rollback(host, plan, progress, firewall_loaded=load_fw)
+            _rollback(host, plan, progress, deploy_id, firewall_loaded=load_fw)
             raise ApplyError(host.name, reason, rolled_back=True)
+        host.check(finish_script(deploy_id, applied=True), "recording the deploy", sudo=True)
     finally:
         try:
             host.run(f"rm -rf {_q(stage)}", sudo=True, timeout=30)
         except EdgekitError:
             pass  # unreachable after a firewall rollback: the error above says so
     return ApplyResult(host.name, plan.paths(), actions)
+
+
+def converge_host(
+    host: Transport,
+    stale: list[str],
+    facts: HostFacts,
+    instances: list[str],
+    stats_port: int,
+    progress: Progress,
+    *,
+    timing: Timing,
+    deploy_id: str,
+) -> ApplyResult:
+    """A host whose files are current but whose units run older ones: reload them, wait
+    for health, record the deploy."""
+    actions = _reload_actions(stale, facts.units)
+    reason = _run_actions(host, actions, progress) or wait_healthy(
+        host, instances, stats_port, timing.health_s
+    )
+    if reason is not None:
+        raise ApplyError(host.name, reason, rolled_back=False, tail="")
+    host.check(finish_script(deploy_id, applied=True), "recording the deploy", sudo=True)
+    return ApplyResult(host.name, [], actions)
 
 
 def _run_actions(host: Transport, actions: list[str], progress: Progress) -> str | None:
@@ -245,7 +319,7 @@ def _run_actions(host: Transport, actions: list[str], progress: Progress) -> str
 
 
 def _load_firewall(
-    host: Transport, actions: list[str], progress: Progress, timing: Timing
+    host: Transport, actions: list[str], progress: Progress, timing: Timing, deploy_id: str
 ) -> str | None:
     """Load the installed ruleset commit-confirmed; the reason it failed, else None.
     ApplyError when the host had to restore itself (deploy must not touch it again)."""
@@ -255,7 +329,7 @@ def _load_firewall(
             return f"`systemctl daemon-reload` failed: {result.last_line()}"
     outcome = fw_load.load_confirmed(
         host,
-        _restore_script(),
+        _restore_script(deploy_id),
         progress,
         window=timing.firewall_window_s,
         reconnect=timing.firewall_reconnect_s,
@@ -271,10 +345,14 @@ def _load_firewall(
 
 
 def _rollback(
-    host: Transport, plan: HostPlan, progress: Progress, firewall_loaded: bool = False
+    host: Transport,
+    plan: HostPlan,
+    progress: Progress,
+    deploy_id: str,
+    firewall_loaded: bool = False,
 ) -> None:
     progress(f"{host.name}: rolling back to the previous files")
-    host.run(_restore_script(), sudo=True)
+    host.run(_restore_script(deploy_id), sudo=True)
     touched = plan.services_touched()
     paths = set(plan.paths())
     cmds = ["systemctl daemon-reload"] if "systemd" in touched else []
@@ -286,5 +364,6 @@ def _rollback(
         # The old files were serving before; bring the unit back to them.
         verb = "restart" if f"/etc/default/{unit}" in paths else "reload"
         cmds.append(script("unit-back", unit=unit, verb=verb, conf=conf))
+    cmds.append(finish_script(deploy_id, applied=False))
     for cmd in cmds:
         host.run(cmd, sudo=True, timeout=60)

@@ -52,6 +52,16 @@ class CommandError(OperationError):
 LineSink = Callable[[str], None]
 
 
+@dataclass
+class Held:
+    """A command that keeps running on the host while this machine holds it (a lock).
+    `first_line` is what it printed first; release() ends it. If this process dies, the
+    connection drops and the host ends the command by itself."""
+
+    first_line: str
+    release: Callable[[], None]
+
+
 class Transport(ABC):
     """One host: run commands (optionally with sudo), move files, open new connections.
 
@@ -122,6 +132,12 @@ class Transport(ABC):
     ) -> None:
         """One connection's worth of stream(): return when it ends, stalls `idle` seconds
         or `stop` is set."""
+
+    @abstractmethod
+    def hold(self, command: str, timeout: float = 30.0) -> Held:
+        """Start `command` (with sudo) with its stdin open, and return once it printed
+        a line or exited. It runs until release() closes its stdin, or until the
+        connection drops (this machine died): the command should end at end of input."""
 
     def check(
         self,

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgekit.remote.base import HostError, LineSink, Result, Transport
+from edgekit.remote.base import Held, HostError, LineSink, Result, Transport
 
 # A responder gets the command and returns its Result, or raises (HostError for a lost
 # connection, KeyboardInterrupt for Ctrl-C at that moment, ...).
@@ -47,6 +47,7 @@ class _Shared:
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     lines: list[str] = field(default_factory=list)  # what stream() hands out
+    held: list[str] = field(default_factory=list)  # commands hold() runs now
 
 
 class FakeHost(Transport):
@@ -132,6 +133,22 @@ class FakeHost(Transport):
             return self.shared.files[remote_path]
         except KeyError:
             raise HostError(self.name, f"reading {remote_path} failed: no such file") from None
+
+    def hold(self, command: str, timeout: float = 30.0) -> Held:
+        """Answered like run() (its stdout's first line); held until released."""
+        result = self.run(command, sudo=True, timeout=timeout)
+        first = (result.stdout.splitlines() or [""])[0]
+        if not result.ok:
+            return Held(first, lambda: None)
+        with self.shared.lock:
+            self.shared.held.append(command)
+
+        def release() -> None:
+            with self.shared.lock:
+                if command in self.shared.held:
+                    self.shared.held.remove(command)
+
+        return Held(first, release)
 
     def reopen(self, connect_timeout: float) -> FakeHost:
         with self.shared.lock:

@@ -19,7 +19,7 @@ from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 
 from edgekit.errors import OperationError
-from edgekit.remote.base import HostError, LineSink, Result, Transport
+from edgekit.remote.base import Held, HostError, LineSink, Result, Transport
 
 
 class _AcceptNew(paramiko.MissingHostKeyPolicy):
@@ -182,6 +182,26 @@ class SshTransport(Transport):
                 return bytes(fh.read())
         except (OSError, paramiko.SSHException) as exc:
             raise HostError(self.name, f"reading {remote_path} failed: {exc}") from None
+
+    def hold(self, command: str, timeout: float = 30.0) -> Held:
+        self.connect()
+        assert self._conn is not None
+        try:
+            transport = self._conn.client.get_transport()
+            if transport is None:
+                raise paramiko.SSHException("no transport")
+            chan = transport.open_session(timeout=timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(f"{self.sudo_prefix}sh -c {shlex.quote(command)}")
+            out = b""
+            while b"\n" not in out:
+                data = chan.recv(4096)
+                if not data:
+                    break
+                out += data
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostError(self.name, f"SSH connection lost: {exc}") from None
+        return Held(out.split(b"\n")[0].decode(errors="replace"), chan.close)
 
     def _stream_once(
         self, command: str, on_line: LineSink, stop: threading.Event, idle: float

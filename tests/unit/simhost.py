@@ -49,9 +49,12 @@ def facts_text(
     active: str = "active",
     vip: str = "10.10.0.100",
     nr_open: int = 1048576,
+    deploy: list[str] | None = None,
+    modes: dict[str, tuple[int, str]] | None = None,
 ) -> str:
     """What edgekit's fact script prints on a Debian proxy with haproxy and keepalived
     installed and `active`; `files` maps a path to its content (None: absent)."""
+    modes = modes or {}
     addrs = [{"family": "inet", "local": address, "prefixlen": 24}]
     if holds_vip:
         addrs.append({"family": "inet", "local": vip, "prefixlen": 24})
@@ -66,11 +69,11 @@ def facts_text(
         "@files",
     ]
     for path, content in files.items():
-        lines.append(
-            f"{path} -"
-            if content is None
-            else f"{path} 644 root:root {base64.b64encode(content.encode()).decode()}"
-        )
+        if content is None:
+            lines.append(f"{path} -")
+        else:
+            mode, owner = modes.get(path, (0o644, "root:root"))
+            lines.append(f"{path} {mode:o} {owner} {base64.b64encode(content.encode()).decode()}")
     lines += [
         "@units",
         f"haproxy {active} enabled",
@@ -78,6 +81,8 @@ def facts_text(
         "@haproxy",
         "4242",
         "4242 4250",
+        "@deploy",
+        *(deploy or []),
         "@limits",
         f"nr_open {nr_open}",
         "@vrrp",
@@ -89,16 +94,24 @@ def facts_text(
 
 
 def proxy(
-    name: str, address: str, *, holds_vip: bool = False, files: dict[str, str | None] | None = None
+    name: str,
+    address: str,
+    *,
+    holds_vip: bool = False,
+    files: dict[str, str | None] | None = None,
+    deploy: list[str] | None = None,
+    modes: dict[str, tuple[int, str]] | None = None,
 ) -> FakeHost:
     """A Debian proxy with haproxy and keepalived running; of edgekit's files it has
-    only `files` (a file the fact script is not told about reads as absent)."""
+    only `files` (a file the fact script is not told about reads as absent). `deploy`:
+    lines of the facts' @deploy section (pending marks, leftovers, ...)."""
     host = FakeHost(name)
-    facts = facts_text(address, holds_vip=holds_vip, files=files or {})
+    facts = facts_text(address, holds_vip=holds_vip, files=files or {}, deploy=deploy, modes=modes)
     host.on(r"echo '@os'", stdout=facts)
     host.on(r"SSH_CONNECTION", stdout=f"{ADMIN} 50000 {address} 22\n")
     host.on(r"^mktemp -d /tmp/edgekit-upload", stdout="/tmp/edgekit-upload.sim\n")
     host.on(r"mktemp -d /run/edgekit-stage", stdout="/run/edgekit-stage.sim\n")
+    host.on(r"flock -n 9", stdout="locked\n")  # the deploy lock is free
     return host
 
 
@@ -107,3 +120,17 @@ def cluster(holder: str = "proxy1") -> dict[str, FakeHost]:
         f"proxy{i}": proxy(f"proxy{i}", f"10.10.0.1{i}", holds_vip=f"proxy{i}" == holder)
         for i in (1, 2, 3)
     }
+
+
+def deployed(loaded: Loaded, name: str, address: str, **kw: object) -> FakeHost:
+    """A proxy that already has every file `loaded` renders for it, as rendered."""
+    from edgekit.render import render_all
+
+    files = render_all(loaded)[name]
+    return proxy(
+        name,
+        address,
+        files={f.path: f.content for f in files},
+        modes={f.path: (f.mode, f.owner) for f in files},
+        **kw,  # type: ignore[arg-type]
+    )

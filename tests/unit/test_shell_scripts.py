@@ -22,10 +22,13 @@ from edgekit.deploy.apply import (
     _restore_script,
     _rollback,
     _stage,
+    finish_script,
     health_command,
+    sweep_script,
     validate_staged,
     wait_healthy,
 )
+from edgekit.deploy.lock import lock_command
 from edgekit.deploy.plan import FileChange, HostPlan
 from edgekit.facts import LiveFile
 from edgekit.remote import scripts
@@ -77,8 +80,11 @@ def _sent(run: Callable[[FakeHost], object], pattern: str) -> str:
     return next(c for c in host.commands() if re.search(pattern, c))
 
 
+DEPLOY_ID = "20261203T070000Z-4242"
+
+
 def _roll_back(host: FakeHost) -> None:
-    _rollback(host, PLAN, lambda _m: None, firewall_loaded=True)
+    _rollback(host, PLAN, lambda _m: None, DEPLOY_ID, firewall_loaded=True)
 
 
 def _unhealthy(host: FakeHost) -> None:
@@ -104,18 +110,24 @@ CASES = [
     Case(
         "install-absent",
         "install",
-        lambda: _install_script(STAGE, PLAN, {f.path: "absent" for f in FILES}),
+        lambda: _install_script(
+            STAGE, PLAN, {f.path: "absent" for f in FILES}, DEPLOY_ID, ["haproxy"]
+        ),
     ),
-    Case("install-live", "install", lambda: _install_script(STAGE, PLAN, LIVE)),
-    Case("restore", "restore", _restore_script),
+    Case("install-live", "install", lambda: _install_script(STAGE, PLAN, LIVE, DEPLOY_ID, [])),
+    Case("restore", "restore", lambda: _restore_script(DEPLOY_ID)),
+    Case("finish-applied", "finish", lambda: finish_script(DEPLOY_ID, applied=True)),
+    Case("finish-rolled-back", "finish", lambda: finish_script(DEPLOY_ID, applied=False)),
+    Case("sweep", "sweep", sweep_script),
+    Case("lock", "lock", lambda: lock_command("admin@ws pid 1 since 2026-12-03T07:00:00Z")),
     Case("health", "health", lambda: health_command(["VI_51", "VI_52"], 8404)),
     Case("health-no-vip", "health", lambda: health_command([], 8404)),
     Case("health-why", "health-why", lambda: _sent(_unhealthy, r"printf '%s=%s '")),
     Case("unit-states", "unit-states", lambda: scripts.script("unit-states", units=facts.UNITS)),
     Case("unit-back", "unit-back", lambda: _sent(_roll_back, r"^if systemctl is-active")),
     Case("fw-restore-table", "fw-restore-table", confirm.restore_table_command),
-    Case("fw-rollback", "fw-rollback", lambda: confirm.rollback_script(_restore_script())),
-    Case("fw-arm", "fw-arm", lambda: confirm.arm_script(_restore_script(), window=30)),
+    Case("fw-rollback", "fw-rollback", lambda: confirm.rollback_script(_restore_script(DEPLOY_ID))),
+    Case("fw-arm", "fw-arm", lambda: confirm.arm_script(_restore_script(DEPLOY_ID), window=30)),
     Case("fw-arm-short", "fw-arm", lambda: confirm.arm_script("true", window=0.2)),
     Case("fw-cancel", "fw-cancel", confirm.cancel_script),
     Case("fw-remove", "fw-remove", confirm.removal_command),
@@ -248,6 +260,9 @@ def test_install_then_restore_puts_back_files_whose_names_need_quoting(tmp_path:
                 expected=sorted(expected.items()),
                 backup_dir=str(backup),
                 changed_since_plan=17,
+                pending=str(tmp_path / "state" / "pending"),
+                deploy_id=DEPLOY_ID,
+                units="haproxy keepalived",
             )
         )
 
@@ -256,8 +271,12 @@ def test_install_then_restore_puts_back_files_whose_names_need_quoting(tmp_path:
     assert stale.stderr == f"{old} changed on the host since the plan was made\n"
     assert old.read_text() == "old\n" and not new.exists()
 
+    assert not (tmp_path / "state" / "pending").exists()  # refused: nothing is pending
+
     done = install({str(old): hashlib.sha256(b"old\n").hexdigest(), str(new): "absent"})
     assert done.returncode == 0, done.stderr
+    pending = (tmp_path / "state" / "pending").read_text()
+    assert pending == f"{DEPLOY_ID} haproxy keepalived\n"
     assert old.read_text() == "new a b.cfg\n" and new.read_text() == "new c.cfg\n"
 
     restored = run(scripts.script("restore", backup_dir=str(backup)))
