@@ -90,11 +90,14 @@ def _env() -> jinja2.Environment:
 
 
 def inventory_hash(inv: Inventory, sections: tuple[str, ...] | None = None) -> str:
-    """Hash of the validated model (secrets are not in it): the same on every peer.
+    """Hash of the validated model (secrets are not in it): the manifest's inventory_sha256.
 
-    With `sections`, only those top-level keys count: keepalived.conf carries the hash of
-    what it is made from, so a backend change does not touch (and reload) keepalived.
+    With `sections`, only those top-level keys count. `firewall.SECTIONS` asks for the
+    firewall ruleset's own hash instead (firewall_hash): deploy and status compare the
+    loaded table's comment with it.
     """
+    if sections == firewall.SECTIONS:
+        return firewall_hash(inv)
     data = inv.model_dump(mode="json")
     if sections is not None:
         data = {k: v for k, v in data.items() if k in sections}
@@ -102,7 +105,26 @@ def inventory_hash(inv: Inventory, sections: tuple[str, ...] | None = None) -> s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-KEEPALIVED_SECTIONS = ("cluster", "vrrp", "vips", "peers")
+# Where a header puts the file's own hash, and where a secret goes. Validation refuses
+# control characters in every inventory value and secret, so nothing rendered from the
+# inventory can hold a NUL: these slots are only ever the templates' own.
+_OWN_HASH = "\0sha256\0"
+_SECRET_SLOT = "\0secret:{}\0"
+
+
+def _sealed(template: str, ctx: dict[str, object], secrets: dict[str, str] | None = None) -> str:
+    """Render `template`; its header's hash is the sha256 of the file itself with that
+    hash and every secret left out. A file changes only when what it is made of does."""
+    secrets = secrets or {}
+    slots = {name: _SECRET_SLOT.format(name) for name in secrets}
+    text = _env().get_template(template).render({**ctx, **slots, "own_hash": _OWN_HASH})
+    bare = text.replace(_OWN_HASH, "")
+    for slot in slots.values():
+        bare = bare.replace(slot, "")
+    text = text.replace(_OWN_HASH, hashlib.sha256(bare.encode()).hexdigest())
+    for name, slot in slots.items():
+        text = text.replace(slot, secrets[name])
+    return text
 
 
 def _priorities(inv: Inventory) -> list[dict[str, int]]:
@@ -151,8 +173,6 @@ def _context(loaded: Loaded) -> dict[str, object]:
     inv = loaded.inventory
     return {
         "inv": inv,
-        "inventory_hash": inventory_hash(inv),
-        "vrrp_hash": inventory_hash(inv, KEEPALIVED_SECTIONS),
         "priorities": _priorities(inv),
         "sticky": any(s.sticky for s in inv.services),
         "check_line": _check_line,
@@ -161,7 +181,6 @@ def _context(loaded: Loaded) -> dict[str, object]:
         "nofile": nofile_needed(inv),
         "advert_int": f"{inv.vrrp.advert_int:g}",
         "vrrp_auth": loaded.secrets.vrrp_auth is not None,
-        "vrrp_auth_pass": loaded.secrets.vrrp_auth or "",
         "check_script": CHECK_SCRIPT,
         "notify_script": NOTIFY_SCRIPT,
         "state_dir": STATE_DIR,
@@ -177,14 +196,14 @@ def render_shared(loaded: Loaded) -> list[RenderedFile]:
     return [
         RenderedFile(
             HAPROXY_CFG,
-            env.get_template("haproxy.cfg.j2").render(ctx),
+            _sealed("haproxy.cfg.j2", ctx),
             0o644,
             "root:root",
             "haproxy",
         ),
         RenderedFile(
             KEEPALIVED_CONF,
-            env.get_template("keepalived.conf.j2").render(ctx),
+            _sealed("keepalived.conf.j2", ctx, {"vrrp_auth_pass": loaded.secrets.vrrp_auth or ""}),
             0o600 if kconf_secret else 0o644,
             "root:root",
             "keepalived",
@@ -229,23 +248,29 @@ def render_shared(loaded: Loaded) -> list[RenderedFile]:
     ]
 
 
+def _ruleset(inv: Inventory) -> str:
+    ctx = {"inv": inv, "unit": firewall.UNIT, **firewall.ruleset_context(inv)}
+    return _sealed("firewall.nft.j2", ctx)
+
+
+def firewall_hash(inv: Inventory) -> str:
+    """The hash the proxies' ruleset carries in its header and its table's comment."""
+    match = re.search(r'comment "edgekit inventory sha256:([0-9a-f]{64})"', _ruleset(inv))
+    assert match, "templates/firewall.nft.j2 names its hash in the table's comment"
+    return match.group(1)
+
+
 def render_firewall(loaded: Loaded) -> list[RenderedFile]:
     """The proxies' nftables ruleset and the unit that loads it at boot (none when off)."""
     inv = loaded.inventory
     if not inv.firewall.enabled:
         return []
     env = _env()
-    ctx = {
-        "inv": inv,
-        "firewall_hash": inventory_hash(inv, firewall.SECTIONS),
-        "unit": firewall.UNIT,
-        "ruleset": firewall.RULESET,
-        **firewall.ruleset_context(inv),
-    }
+    ctx = {"inv": inv, "unit": firewall.UNIT, "ruleset": firewall.RULESET, "table": firewall.TABLE}
     return [
         RenderedFile(
             firewall.RULESET,
-            env.get_template("firewall.nft.j2").render(ctx),
+            _ruleset(inv),
             0o644,
             "root:root",
             "nftables",
@@ -265,16 +290,11 @@ def render_nodes(loaded: Loaded) -> list[RenderedFile]:
     fence ruleset and a README. Paths are relative to DIR/_nodes."""
     inv = loaded.inventory
     env = _env()
-    ctx = {
-        "inv": inv,
-        "fence_hash": inventory_hash(inv, firewall.FENCE_SECTIONS),
-        "fence_file": firewall.FENCE_FILE,
-        **firewall.fence_context(inv),
-    }
+    ctx = {"inv": inv, "fence_file": firewall.FENCE_FILE, **firewall.fence_context(inv)}
     return [
         RenderedFile(
             f"/{firewall.FENCE_FILE}",
-            env.get_template("nodeport-fence.nft.j2").render(ctx),
+            _sealed("nodeport-fence.nft.j2", ctx),
             0o644,
             "root:root",
             "nftables",

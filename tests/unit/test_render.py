@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edgekit import render
+from edgekit import firewall, render
 from edgekit.inventory import Loaded, load_inventory
 from edgekit.render import RenderedFile
 from tests.cli import Result, run
@@ -198,19 +198,49 @@ def test_output_is_stable_across_mapping_order(path: Path, tmp_path: Path) -> No
     assert render.render_all(original) == render.render_all(moved)
 
 
+HEADER_HASH = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def header_hash(content: str, lines: int = 3) -> str:
+    match = HEADER_HASH.search("\n".join(content.splitlines()[:lines]))
+    assert match, content[:300]
+    return match.group(1)
+
+
 @pytest.mark.parametrize("path", GOOD, ids=IDS)
-def test_header_carries_the_inventory_hash(path: Path) -> None:
+def test_each_header_carries_the_hash_of_its_own_file(path: Path) -> None:
+    """sha256 of the file with that hash (and the VRRP password) left out: it changes only
+    when the file does, and never gives away a secret."""
     loaded, files = rendered(path)
-    digest = render.inventory_hash(loaded.inventory)
-    # keepalived.conf hashes only the sections it is made from (no reload on backend edits).
-    vrrp_digest = render.inventory_hash(loaded.inventory, render.KEEPALIVED_SECTIONS)
-    assert re.fullmatch(r"[0-9a-f]{64}", digest) and digest != vrrp_digest
-    for peer_files in files.values():
-        for name, want in ((HAPROXY_CFG, digest), (KEEPALIVED_CONF, vrrp_digest)):
-            header = "\n".join(peer_files[name].content.splitlines()[:3])
-            assert f"inventory sha256:{want}" in header, name
+    nodes = by_path(render.render_nodes(loaded))
+    fence = nodes[f"/{firewall.FENCE_FILE}"]
+    for peer_files in [*files.values(), {fence.path: fence}]:
+        for name, f in peer_files.items():
+            if name not in (HAPROXY_CFG, KEEPALIVED_CONF, firewall.RULESET, fence.path):
+                continue
+            digest = header_hash(f.content)
+            bare = f.content.replace(digest, "")
+            if loaded.secrets.vrrp_auth:
+                bare = bare.replace(f'"{loaded.secrets.vrrp_auth}"', '""')
+            assert hashlib.sha256(bare.encode()).hexdigest() == digest, name
+    ruleset = next(iter(files.values()))[firewall.RULESET].content
+    digest = header_hash(ruleset)
+    assert f'comment "edgekit inventory sha256:{digest}"' in ruleset
+    # deploy and status compare the loaded table's comment with this.
+    assert render.inventory_hash(loaded.inventory, firewall.SECTIONS) == digest
+    assert render.firewall_hash(loaded.inventory) == digest
     manifest = render.manifest(loaded, render.render_all(loaded))
-    assert manifest["inventory_sha256"] == digest
+    assert manifest["inventory_sha256"] == render.inventory_hash(loaded.inventory)
+
+
+def test_keepalived_header_does_not_hash_the_vrrp_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = DATA / "good" / "vrrp2-auth.yaml"
+    old = rendered(path)[1]["proxy1"][KEEPALIVED_CONF].content
+    monkeypatch.setenv("EDGEKIT_VRRP_PASS", "n3wPass9")
+    new = rendered(path)[1]["proxy1"][KEEPALIVED_CONF].content
+    assert old != new and header_hash(old) == header_hash(new)
 
 
 def test_inventory_hash_changes_with_the_inventory(tmp_path: Path) -> None:
