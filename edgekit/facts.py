@@ -23,6 +23,9 @@ ROLLED_BACK_MARKER = f"{FIREWALL_STATE_DIR}/firewall-rolled-back"
 BACKUP_ROOT = f"{FIREWALL_STATE_DIR}/backup"
 PENDING = f"{FIREWALL_STATE_DIR}/pending"
 APPLIED = f"{FIREWALL_STATE_DIR}/applied"
+# What a haproxy reload or restart reads; the newest of their mtimes is compared with
+# the start of haproxy's newest process.
+HAPROXY_FILES = (HAPROXY_CFG, "/etc/default/haproxy")
 
 
 class TableState(StrEnum):
@@ -86,7 +89,7 @@ class HostFacts:
     pending_deploy: str = ""  # the id of a deploy that stopped before it finished here
     pending_units: list[str] = field(default_factory=list)  # units it had not reloaded
     applied: str = ""  # "DEPLOY-ID TIME" of the last deploy that finished here
-    haproxy_cfg_mtime: int | None = None  # seconds since the epoch
+    haproxy_cfg_mtime: int | None = None  # the newest of HAPROXY_FILES (epoch s)
     haproxy_started: int | None = None  # the newest haproxy process's start (epoch s)
     leftovers: list[str] = field(default_factory=list)  # staging/backup a deploy left
     firewall: FirewallFacts = field(default_factory=FirewallFacts)
@@ -98,17 +101,17 @@ class HostFacts:
         return self.addresses.get(interface, [])
 
     def stale_units(self) -> list[str]:
-        """Units that run an older config than the one installed: those a stopped deploy
-        did not reload, and a haproxy whose newest process predates haproxy.cfg."""
+        """Units that run an older config than the one installed. haproxy: its newest
+        process started before its newest file was written (each reload starts new
+        workers; to the second). keepalived reloads in place, so only a pending mark (a
+        deploy stopped before it finished) says so; haproxy too when its times are
+        unknown."""
         stale = set(self.pending_units)
         running = self.units.get("haproxy", ("",))[0] == "active"
-        if (
-            running
-            and self.haproxy_started is not None
-            and self.haproxy_cfg_mtime is not None
-            and self.haproxy_started < self.haproxy_cfg_mtime
-        ):
-            stale.add("haproxy")
+        if self.haproxy_started is not None and self.haproxy_cfg_mtime is not None:
+            stale.discard("haproxy")
+            if running and self.haproxy_started < self.haproxy_cfg_mtime:
+                stale.add("haproxy")
         return [u for u in UNITS if u in stale]
 
 
@@ -141,7 +144,7 @@ def gather_command(paths: list[str]) -> str:
         pending=PENDING,
         applied=APPLIED,
         backup_root=BACKUP_ROOT,
-        haproxy_cfg=HAPROXY_CFG,
+        haproxy_files=HAPROXY_FILES,
         **_firewall_values(firewall.RULESET in paths),
     )
 

@@ -113,7 +113,7 @@ def _show_plan(plan: DeployPlan) -> None:
                 + (f"; start {' '.join(host_plan.start_units)}" if host_plan.start_units else "")
             )
             typer.echo(host_plan.diff(), nl=False)
-        elif not plan.stale(name):
+        elif not plan.touches(name):
             note(f"{name}: no changes")
         stale = plan.stale(name)
         if stale:
@@ -121,6 +121,8 @@ def _show_plan(plan: DeployPlan) -> None:
                 f"--- {name}: {' and '.join(stale)} run(s) an older config than installed "
                 "(a deploy stopped before reloading); will reload"
             )
+        elif plan.unfinished(name):
+            typer.echo(f"--- {name}: a stopped deploy did not finish here; will finish it")
 
 
 def _summary(report: DeployReport) -> None:

@@ -60,7 +60,13 @@ class DeployPlan:
             self.hosts[name].changed
             or self.firewall.get(name) is FirewallAction.REMOVE
             or bool(self.stale(name))
+            or self.unfinished(name)
         )
+
+    def unfinished(self, name: str) -> bool:
+        """A stopped deploy left a pending mark or staging/backup files on `name`."""
+        facts = self.facts.get(name)
+        return facts is not None and bool(facts.pending_deploy or facts.leftovers)
 
     def order(self) -> list[str]:
         """Hosts to change: those holding no VIP first, VIP holders last (a failure there
@@ -285,8 +291,11 @@ def apply(
                         deploy_id=deploy_id,
                         stale=stale,
                     )
-                elif stale:
-                    progress(f"{name}: {', '.join(stale)} run(s) older configs than installed")
+                elif stale or the_plan.unfinished(name):
+                    progress(
+                        f"{name}: converging after a stopped deploy"
+                        + (f" (reload {', '.join(stale)})" if stale else "")
+                    )
                     converge_host(
                         hosts[name],
                         stale,

@@ -268,6 +268,7 @@ def apply_host(
             if reason is None:
                 reason = _run_actions(host, actions, progress)
             if reason is None:
+                progress(f"{host.name}: waiting until healthy")
                 reason = wait_healthy(host, instances, stats_port, timing.health_s)
         except KeyboardInterrupt:
             # Never leave a host half-applied: Ctrl-C puts its previous files back.

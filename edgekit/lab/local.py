@@ -46,6 +46,7 @@ from edgekit.lab.system import (
     unified_root,
     wait_cgroup_empty,
     wait_gone,
+    wait_reaped,
 )
 from edgekit.progress import Progress, silent
 
@@ -274,9 +275,13 @@ def _stop_processes(procs: list[Proc], progress: Progress) -> bool:
         if not wait_cgroup_empty(CGROUP_DIR, name, 2.0):
             progress(f"warning: processes of {name} did not end")
     # Anything left in a lab namespace was started there by the lab.
-    for ns in network.lab_netns():
-        for pid in network.netns_pids(ns):
-            Proc.of(pid).signal(9)
+    stragglers = [Proc.of(pid) for ns in network.lab_netns() for pid in network.netns_pids(ns)]
+    for proc in stragglers:
+        proc.signal(9)
+    # Return only when every process is gone for good, zombies included.
+    if not wait_reaped([*procs, *stragglers], STOP_TIMEOUT):
+        left = [str(p.pid) for p in [*procs, *stragglers] if not p.reaped()]
+        progress(f"warning: lab processes not yet collected: {', '.join(left)}")
     return True
 
 

@@ -41,6 +41,10 @@ class Proc:
     def alive(self) -> bool:
         return start_time(self.pid) == self.start_time
 
+    def reaped(self) -> bool:
+        """Gone for good: exited and collected by its parent (not even a zombie)."""
+        return start_time(self.pid, zombie=True) != self.start_time
+
     def signal(self, sig: int) -> None:
         if self.alive():
             try:
@@ -49,14 +53,16 @@ class Proc:
                 pass
 
 
-def start_time(pid: int) -> int | None:
+def start_time(pid: int, *, zombie: bool = False) -> int | None:
+    """The process's start time in clock ticks; None if it is gone, or (unless
+    `zombie`) has exited and waits for its parent to collect it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Field 22 (starttime); split after the ")" because comm may hold spaces.
     fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
+    if fields[0] == "Z" and not zombie:
         return None  # a zombie has already stopped
     return int(fields[19])
 
@@ -85,6 +91,18 @@ def reap() -> None:
 
 def wait_gone(procs: list[Proc], timeout: float) -> bool:
     return bool(wait_until(lambda: not any(p.alive() for p in procs), timeout, 0.05))
+
+
+def wait_reaped(procs: list[Proc], timeout: float) -> bool:
+    """Until every one of `procs` has exited and been collected: our own children we
+    collect here; the others (a lab started by another edgekit process) their parent,
+    init, collects."""
+
+    def all_reaped() -> bool:
+        reap()
+        return all(p.reaped() for p in procs)
+
+    return bool(wait_until(all_reaped, timeout, 0.02))
 
 
 # --- cgroups -----------------------------------------------------------------

@@ -133,6 +133,15 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def exists(pid: int, start_time: int) -> bool:
+    """This very process (not a reuse of its PID) is still in /proc, zombie or not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return int(stat.rsplit(")", 1)[1].split()[19]) == start_time
+
+
 def lab_processes() -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():
@@ -160,12 +169,20 @@ def lab_processes() -> list[str]:
 
 @pytest.mark.lab
 def test_lab_down_leaves_nothing_behind(lab_cycle: None) -> None:
+    from edgekit.lab import local, state
+
     up = cli("lab", "up")
     assert up.returncode == 0, up.stderr
     assert Path(up.stdout.strip()).name == "edge.yaml"
     assert leftovers(), "the lab was not up, so this test would prove nothing"
+    saved = state.load(local.state_dir())
+    assert saved is not None and saved[2], "the lab recorded no processes"
+    procs = list(saved[2].values())
     down = cli("lab", "down")
     assert down.returncode == 0, down.stderr
+    # When `lab down` returns, every process it started is gone: exited and reaped, not
+    # a zombie waiting for its parent.
+    assert [p.pid for p in procs if exists(p.pid, p.start_time)] == []
     assert leftovers() == {}
     again = cli("lab", "down")  # nothing there: still fine
     assert again.returncode == 0, again.stderr

@@ -200,3 +200,17 @@ def test_a_second_deploy_from_this_machine_names_the_first(
             pass
     with lock.local_lock("edge-a"):  # released with the first
         pass
+
+
+def test_a_pending_mark_after_a_reload_that_happened_only_records_the_host(
+    tmp_path: Path,
+) -> None:
+    # Killed after haproxy reloaded (its newest process is newer than its config), before
+    # the deploy recorded it: nothing runs an older config; the next deploy records it.
+    lines = ["pending 20261203T070000Z-99 haproxy", "haproxy_cfg_mtime 1000"]
+    hosts = up_to_date(tmp_path, proxy2=[*lines, "haproxy_started 1001"])
+    plan = deploy.plan(simhost.inventory(tmp_path), dict(hosts))
+    assert plan.stale("proxy2") == [] and plan.order() == ["proxy2"]
+    report = apply_all(tmp_path, hosts)
+    assert report.error is None
+    assert hosts["proxy2"].ran(RECORD) and not hosts["proxy2"].ran(r"^systemctl reload")
