@@ -75,7 +75,7 @@ def setting(values: dict[str, Any]) -> Edit:
     def edit(data: dict[str, Any]) -> None:
         for key, value in values.items():
             holder, last = _walk(data, key)
-            holder[last] = value
+            holder[last] = copy.deepcopy(value)
 
     return edit
 
@@ -83,7 +83,7 @@ def setting(values: dict[str, Any]) -> Edit:
 def appending(key: str, item: Any) -> Edit:
     def edit(data: dict[str, Any]) -> None:
         holder, last = _walk(data, key)
-        holder[last].append(item)
+        holder[last].append(copy.deepcopy(item))
 
     return edit
 
@@ -110,19 +110,22 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)  # secrets after the change
 
 
+NOTHING: set[str] = set()
+
+
 def case(
     id: str,
     edit: Edit | dict[str, Any],
     files: set[str],
     actions: tuple[str, ...] = (),
+    nodes: set[str] = NOTHING,
     **kw: Any,
 ) -> Case:
     edit = setting(edit) if isinstance(edit, dict) else edit
-    kw = {k: frozenset(v) if k == "nodes" else v for k, v in kw.items()}
-    return Case(id, edit, frozenset(files), actions, **kw)
+    return Case(id, edit, frozenset(files), actions, frozenset(nodes), **kw)
 
 
-NOTHING: set[str] = set()
+SECOND_VIP = {"address": "10.10.0.101/24", "vrid": 52}
 NEW_SERVER = {"name": "corea-controller3", "address": "10.10.0.128"}
 
 CASES = [
@@ -162,10 +165,18 @@ CASES = [
     ),
     case(
         "vip added",
-        appending("vips", {"address": "10.10.0.101/24", "vrid": 52}),
+        appending("vips", SECOND_VIP),
         {HA, KA, FW},
         (FW_LOAD, RELOAD_HA, RELOAD_KA),
         nodes={FENCE, NODES_README},
+    ),
+    case(
+        "vip removed",
+        dropping("vips[1]"),
+        {HA, KA, FW},
+        (FW_LOAD, RELOAD_HA, RELOAD_KA),
+        nodes={FENCE, NODES_README},
+        both={"vips": [{"address": "10.10.0.100/24", "vrid": 51}, SECOND_VIP]},
     ),
     case("vip preferred peer", {"vips[0].preferred": "proxy2"}, {KA}, (RELOAD_KA,)),
     case("vip vrid", {"vips[0].vrid": 61}, {KA}, (RELOAD_KA,)),
@@ -214,6 +225,12 @@ CASES = [
         (RELOAD_HA,),
         nodes={FENCE, NODES_README},
     ),
+    case(
+        "service renamed (the firewall rule's comment names it)",
+        {"services[0].name": "web"},
+        {HA, FW},
+        (FW_LOAD, RELOAD_HA),
+    ),
     case("service balance", {"services[0].balance": "leastconn"}, {HA}, (RELOAD_HA,)),
     case(
         "service sticky (the firewall opens haproxy.peers_port)",
@@ -261,7 +278,9 @@ CASES = [
         {HA, HA_DROPIN},
         (DAEMON_RELOAD, RELOAD_HA),
     ),
+    case("haproxy.connect_timeout", {"haproxy.connect_timeout": "3s"}, {HA}, (RELOAD_HA,)),
     case("haproxy.client_timeout", {"haproxy.client_timeout": "2m"}, {HA}, (RELOAD_HA,)),
+    case("haproxy.server_timeout", {"haproxy.server_timeout": "2m"}, {HA}, (RELOAD_HA,)),
     case("haproxy.peers_port without a sticky service", {"haproxy.peers_port": 10001}, NOTHING),
     case(
         "haproxy.peers_port with a sticky service",
