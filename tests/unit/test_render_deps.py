@@ -33,7 +33,6 @@ VRRP_PASS = "k3Vp9xQ2"
 HA = render.HAPROXY_CFG
 KA = render.KEEPALIVED_CONF
 DEF_HA = "/etc/default/haproxy"
-DEF_KA = "/etc/default/keepalived"
 HA_DROPIN = "/etc/systemd/system/haproxy.service.d/edgekit.conf"
 FW = firewall.RULESET
 FW_UNIT = firewall.UNIT_PATH
