@@ -20,9 +20,6 @@ UNIT_PATH = f"/etc/systemd/system/{UNIT}"
 # Where `edgekit render` puts the node fence: not a valid peer name, so never a peer's tree.
 NODES_DIR = "_nodes"
 FENCE_FILE = "edgekit-nodeport-fence.nft"
-# What the proxies' ruleset is made from (its header hash; vrrp and backends do not count).
-SECTIONS = ("cluster", "firewall", "vips", "peers", "ssh", "stats", "services", "haproxy")
-FENCE_SECTIONS = ("cluster", "firewall", "vips", "peers", "services", "backends")
 API_PORT = 6443
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -89,18 +89,9 @@ def _env() -> jinja2.Environment:
     return template_environment()
 
 
-def inventory_hash(inv: Inventory, sections: tuple[str, ...] | None = None) -> str:
-    """Hash of the validated model (secrets are not in it): the manifest's inventory_sha256.
-
-    With `sections`, only those top-level keys count. `firewall.SECTIONS` asks for the
-    firewall ruleset's own hash instead (firewall_hash): deploy and status compare the
-    loaded table's comment with it.
-    """
-    if sections == firewall.SECTIONS:
-        return firewall_hash(inv)
+def inventory_hash(inv: Inventory) -> str:
+    """Hash of the validated model (secrets are not in it): the manifest's inventory_sha256."""
     data = inv.model_dump(mode="json")
-    if sections is not None:
-        data = {k: v for k, v in data.items() if k in sections}
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

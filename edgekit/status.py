@@ -13,7 +13,7 @@ from edgekit.facts import FirewallFacts, HostFacts, TableState
 from edgekit.hosts import gather, in_parallel
 from edgekit.inventory import Loaded
 from edgekit.remote import Transport
-from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, inventory_hash, render_all
+from edgekit.render import HAPROXY_CFG, KEEPALIVED_CONF, firewall_hash, render_all
 
 # Reads haproxy's runtime API (a unix socket) on the host; python3 is on every
 # Debian edgekit supports, socat is not.
@@ -118,7 +118,7 @@ def firewall_state(loaded: Loaded, fw: FirewallFacts) -> str:
         return "not loaded" + (f" (host rolled back at {fw.rolled_back})" if fw.rolled_back else "")
     if fw.table is TableState.DIFFERS:
         return f"differs from {firewall.RULESET}"
-    if fw.table is TableState.LOADED and fw.comment_hash != inventory_hash(inv, firewall.SECTIONS):
+    if fw.table is TableState.LOADED and fw.comment_hash != firewall_hash(inv):
         return "loaded from another inventory"
     if fw.table not in (TableState.MATCH, TableState.LOADED):
         return str(fw.table)

@@ -26,7 +26,7 @@ from edgekit.inventory import Loaded, maxconn_refusal
 from edgekit.net import tcp_answers
 from edgekit.progress import Progress, silent, wait_until
 from edgekit.remote import HostError, Transport
-from edgekit.render import RenderedFile, inventory_hash, render_all
+from edgekit.render import RenderedFile, firewall_hash, render_all
 
 
 class FirewallAction(StrEnum):
@@ -182,7 +182,7 @@ def _firewall_actions(
 ) -> dict[str, FirewallAction]:
     inv = loaded.inventory
     out: dict[str, FirewallAction] = {}
-    expected = inventory_hash(inv, firewall.SECTIONS)
+    expected = firewall_hash(inv)
     for name, host_plan in plans.items():
         fw = facts[name].firewall
         if not inv.firewall.enabled:

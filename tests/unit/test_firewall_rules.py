@@ -640,7 +640,7 @@ def test_status_says_whether_the_ruleset_is_loaded_and_matches(
 
 def test_status_trusts_the_table_hash_when_it_cannot_compare_rules(tmp_path: Path) -> None:
     loaded = load(tmp_path, BASE)
-    good = render.inventory_hash(loaded.inventory, firewall.SECTIONS)
+    good = render.firewall_hash(loaded.inventory)
     assert (
         firewall_state(loaded, FirewallFacts(TableState.LOADED, good, "active", "enabled"))
         == "loaded"
