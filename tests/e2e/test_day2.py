@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -95,7 +96,7 @@ class Deploy:
 
 def running_servers(lab_ssh: Any, host: str) -> dict[str, set[str]]:
     """Per backend, the servers the running haproxy has (its runtime API)."""
-    result = lab_ssh(host, ["sudo", "sh", "-c", SHOW_STAT])
+    result = lab_ssh(host, f"sudo sh -c {shlex.quote(SHOW_STAT)}")
     assert result.returncode == 0, result.stderr
     table = parse_show_stat(result.stdout, {"http", "https", "kubernetes-api"})
     return {backend: set(servers) for backend, servers in table.items()}
@@ -159,7 +160,7 @@ def test_a_deploy_from_another_machine_is_refused_by_the_host_lock_until_it_drop
 
     # Another machine's deploy holds proxy2's lock: the same command over its own SSH.
     holder = "ops@elsewhere pid 777 since 2026-12-03T07:00:00Z"
-    argv = local.ssh_argv("proxy2", ["sudo", "sh", "-c", lock_command(holder)])
+    argv = local.ssh_argv("proxy2", [f"sudo sh -c {shlex.quote(lock_command(holder))}"])
     other = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout is not None and other.stdout.readline().strip() == "locked"
