@@ -218,7 +218,7 @@ def failover_test(
     report: Annotated[
         Path | None,
         typer.Option(
-            "--report", help="Also write results.json and an SVG timeline per scenario here."
+            "--report", help="Also write results.json and an SVG timeline per scenario run here."
         ),
     ] = None,
     hold: Annotated[float, typer.Option("--hold", help="Seconds each fault lasts.")] = 3.0,
@@ -230,7 +230,7 @@ def failover_test(
     ] = 15.0,
     stable: Annotated[
         float,
-        typer.Option("--stable", help="Seconds the VIP must stay on one holder before a fault."),
+        typer.Option("--stable", help="Seconds the VIPs must stay on one holder before a fault."),
     ] = 3.0,
     allow_host_down: Annotated[
         bool,
@@ -244,10 +244,11 @@ def failover_test(
     ] = False,
     json_out: Json = False,
 ) -> int:
-    """Break the VIP holder in realistic ways under live traffic; measure what clients saw."""
+    """Break the holder of each VIP in realistic ways under live traffic; measure what
+    clients of every VIP saw."""
     from edgekit.failover import scenarios as registry
     from edgekit.failover.faults import driver_for
-    from edgekit.failover.report import results_json, write_report
+    from edgekit.failover.report import results_json, table_lines, write_report
     from edgekit.failover.run import Options, run
     from edgekit.hosts import close_all, peer_hosts
 
@@ -259,17 +260,18 @@ def failover_test(
         raise InputError(f"--scenario: {exc}") from None
     loaded = _load(inventory, None)
     hosts = peer_hosts(loaded)
-    driver = driver_for(inventory, hosts, allow_host_down)
+    driver = driver_for(inventory, hosts, allow_host_down, loaded.inventory.peers)
     try:
-        chosen, left_out = registry.select(scenario, driver)
+        chosen, skipped = registry.select(scenario, driver)
     except ValueError as exc:
         close_all(hosts)
         hint = "pass --allow-host-down to power real hosts off" if "power" in str(exc) else None
         raise InputError(f"--scenario: {exc}", hint=hint) from None
-    for line in left_out:
-        note(line + ("; real hosts need --allow-host-down" if "power" in line else ""))
+    for entry in skipped:
+        power = "; real hosts need --allow-host-down" if "power" in entry.reason else ""
+        note(f"{entry.line()}{power} (the run fails unless -s names the scenarios to run)")
     try:
-        results = run(
+        outcome = run(
             loaded,
             hosts,
             chosen,
@@ -279,25 +281,15 @@ def failover_test(
         )
     finally:
         close_all(hosts)
-    data = results_json(results)
+    skipped = [*skipped, *outcome.skipped]
+    data = results_json(outcome.results, skipped)
     if report:
-        write_report(report, results, [p.name for p in loaded.inventory.peers])
+        write_report(report, outcome.results, [p.name for p in loaded.inventory.peers], skipped)
     if json_out:
         echo_json(data)
     else:
-        typer.echo(
-            f"{'scenario':<18} {'result':<7} {'outage_s':>9} {'budget':>7} "
-            f"{'vip_move_s':>11} {'failed/total':>13} {'split_s':>8} recovered"
-        )
-        for r in results:
-            move = "-" if r.vip_move_s is None else f"{r.vip_move_s:.2f}"
-            typer.echo(
-                f"{r.name:<18} {'PASS' if r.passed else 'FAIL':<7} "
-                f"{r.outage_s:>9.2f} {r.budget_s:>7.1f} {move:>11} "
-                f"{f'{r.failed_probes}/{r.total_probes}':>13} "
-                f"{r.split_brain_s:>8.2f} {'yes' if r.recovered else 'NO'}"
-                + (f"  ({r.error})" if r.error else "")
-            )
+        for line in table_lines(outcome.results, skipped):
+            typer.echo(line)
         if report:
             note(f"report written to {report}/")
     return int(ExitCode.OK if data["passed"] else ExitCode.FAILED)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 
 @dataclass(frozen=True)
 class Probe:
     t: float  # when it was sent
     ok: bool
-    target: str = ""
+    target: str = ""  # the service
+    vip: str = ""  # the address it went to
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,15 @@ class Sample:
     t: float
     peer: str
     holds: bool
+    vip: str = ""
+
+
+T = TypeVar("T", Probe, Sample)
+
+
+def of_vip(items: Iterable[T], vip: str) -> list[T]:
+    """The probes or samples of one VIP."""
+    return [i for i in items if i.vip == vip]
 
 
 def outage(probes: Sequence[Probe]) -> float:
@@ -81,6 +92,16 @@ def split_brain(
         if len(holders) > 1 and (since is None or t >= since):
             total += t_next - t
     return total
+
+
+def holders_at(timeline: Sequence[tuple[float, frozenset[str]]], t: float) -> frozenset[str]:
+    """Who held the VIP at time t (the latest entry at or before it)."""
+    held: frozenset[str] = frozenset()
+    for when, holders in timeline:
+        if when > t:
+            break
+        held = holders
+    return held
 
 
 def transitions(timeline: Sequence[tuple[float, frozenset[str]]]) -> int:

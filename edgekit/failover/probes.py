@@ -1,11 +1,11 @@
-"""Client probes through the VIP and VIP-ownership watchers on every peer."""
+"""Client probes through the VIPs and VIP-ownership watchers on every peer."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,8 +15,8 @@ from edgekit.remote import Transport
 
 @dataclass(frozen=True)
 class Target:
-    name: str
-    address: str
+    name: str  # the service
+    address: str  # the VIP
     port: int
     http: bool
 
@@ -53,7 +53,7 @@ class Prober:
     def _one(self, target: Target, t: float) -> None:
         ok = probe_once(target, self.timeout)
         with self._lock:
-            self.results.append(Probe(t, ok, target.name))
+            self.results.append(Probe(t, ok, target.name, target.address))
 
     def _run(self) -> None:
         next_t = time.time()
@@ -75,26 +75,31 @@ class Prober:
             return sorted(self.results, key=lambda p: p.t)
 
 
-# Prints "<epoch seconds> <1|0>" ten times a second: does this peer hold the VIP?
+# Prints "<epoch seconds> <bits>" ten times a second, one 1|0 per VIP in order: does this
+# peer hold it? (VIPs are validated IPv4 addresses: safe in a shell glob, dots literal.)
 _WATCH = (
-    "while :; do if ip -4 -o addr show | grep -q ' {ip}/'; then h=1; else h=0; fi; "
+    "while :; do a=$(ip -4 -o addr show); h=; for v in {vips}; do "
+    'case "$a" in *" $v/"*) h="${{h}}1";; *) h="${{h}}0";; esac; done; '
     'echo "$(date +%s.%N) $h"; sleep 0.1; done'
 )
 
 
 class OwnershipWatcher:
-    """Streams VIP ownership from every peer (>= 5 samples a second each), stamped by the
-    peer itself so samples delayed by a cut link still land at the right time."""
+    """Streams VIP ownership from every peer (>= 5 samples a second each, every VIP in
+    one line), stamped by the peer itself so samples delayed by a cut link still land at
+    the right time."""
 
-    def __init__(self, hosts: Mapping[str, Transport], vip: str) -> None:
+    def __init__(self, hosts: Mapping[str, Transport], vips: str | Sequence[str]) -> None:
+        self.vips = [vips] if isinstance(vips, str) else list(vips)
         self.samples: list[Sample] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        script = _WATCH.format(vips=" ".join(self.vips))
         self._threads = [
             threading.Thread(
                 target=host.stream,
                 daemon=True,
-                args=(_WATCH.format(ip=vip.replace(".", "\\.")), self._collector(name), self._stop),
+                args=(script, self._collector(name), self._stop),
             )
             for name, host in hosts.items()
         ]
@@ -102,13 +107,17 @@ class OwnershipWatcher:
     def _collector(self, peer: str) -> Callable[[str], None]:
         def collect(line: str) -> None:
             parts = line.split()
-            if len(parts) == 2:
-                try:
-                    sample = Sample(float(parts[0]), peer, parts[1] == "1")
-                except ValueError:
-                    return
-                with self._lock:
-                    self.samples.append(sample)
+            if len(parts) != 2 or len(parts[1]) != len(self.vips) or set(parts[1]) - {"0", "1"}:
+                return
+            try:
+                t = float(parts[0])
+            except ValueError:
+                return
+            with self._lock:
+                self.samples.extend(
+                    Sample(t, peer, bit == "1", vip)
+                    for vip, bit in zip(self.vips, parts[1], strict=True)
+                )
 
         return collect
 
@@ -117,13 +126,25 @@ class OwnershipWatcher:
             t.start()
         return self
 
-    def holders_now(self, peers: list[str], window: float = 0.5) -> set[str]:
+    def placement_now(self, peers: list[str], window: float = 0.5) -> dict[str, set[str]]:
+        """Each VIP's holders as the peers' latest samples say (a silent peer holds
+        nothing)."""
         now = time.time()
         with self._lock:
-            latest: dict[str, Sample] = {}
-            for s in self.samples[-200:]:
-                latest[s.peer] = s
-        return {p for p, s in latest.items() if s.holds and now - s.t <= window and p in peers}
+            latest: dict[tuple[str, str], Sample] = {}
+            for s in self.samples[-200 * len(self.vips) :]:
+                latest[(s.vip, s.peer)] = s
+        placement: dict[str, set[str]] = {vip: set() for vip in self.vips}
+        for (vip, peer), s in latest.items():
+            if s.holds and now - s.t <= window and peer in peers:
+                placement[vip].add(peer)
+        return placement
+
+    def holders_now(
+        self, peers: list[str], vip: str | None = None, window: float = 0.5
+    ) -> set[str]:
+        """The holders of one VIP (the first, when none is named)."""
+        return self.placement_now(peers, window)[vip or self.vips[0]]
 
     def stop(self) -> list[Sample]:
         self._stop.set()

@@ -20,7 +20,7 @@ from edgekit.remote import Transport
 class Fault:
     """What inject and restore act on."""
 
-    host: Transport  # the VIP holder
+    host: Transport  # the holder of the VIPs under test
     interface: str  # its VRRP interface
     hold_s: float  # how long the fault lasts
     driver: FaultDriver  # out-of-band control of the hosts (power, link)
@@ -50,6 +50,24 @@ class Scenario:
             "budget_s": self.budget_s,
             "needs": sorted(self.needs),
         }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A scenario (or its run against the holder of some VIPs) that did not run, and why.
+    Any skipped entry makes the whole run fail: the user excludes a scenario by naming
+    the ones to run instead."""
+
+    name: str
+    reason: str
+    vips: tuple[str, ...] = ()  # empty: for every VIP
+
+    def line(self) -> str:
+        where = f" (VIP {', '.join(self.vips)})" if self.vips else ""
+        return f"{self.name} skipped{where}: {self.reason}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "reason": self.reason, "vips": list(self.vips)}
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -161,9 +179,11 @@ def check_names(names: list[str] | None) -> None:
             raise ValueError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
 
 
-def select(names: list[str] | None, driver: FaultDriver) -> tuple[list[Scenario], list[str]]:
-    """The scenarios to run and, for the defaults, a note for each left out. Asked-for
-    names that are unknown or cannot run here raise ValueError with the reason."""
+def select(names: list[str] | None, driver: FaultDriver) -> tuple[list[Scenario], list[Skipped]]:
+    """The scenarios to run and, without names, a Skipped entry for each default one that
+    cannot run here (the run then fails). Named scenarios are the user's choice: the
+    others are excluded, not skipped. Asked-for names that are unknown or cannot run
+    here raise ValueError with the reason."""
     if names:
         check_names(names)
         chosen = []
@@ -178,7 +198,7 @@ def select(names: list[str] | None, driver: FaultDriver) -> tuple[list[Scenario]
         return chosen, []
     run = [s for s in SCENARIOS.values() if s.default and s.runnable(driver)]
     left = [
-        f"{s.name} skipped: needs {', '.join(sorted(s.needs))} control of the hosts"
+        Skipped(s.name, f"needs {', '.join(sorted(s.needs))} control of the hosts")
         for s in SCENARIOS.values()
         if s.default and not s.runnable(driver)
     ]

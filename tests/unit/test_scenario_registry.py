@@ -70,6 +70,7 @@ def test_a_new_scenario_shows_in_help_json_report_and_bench(
     write_report(tmp_path, [result], ["proxy1", "proxy2"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [s["name"] for s in saved["scenarios"]] == ["test-blip"]
+    assert saved["skipped"] == [] and saved["passed"]
     assert blip.description in (tmp_path / "test-blip.svg").read_text()
     summary = results_json([result])["scenarios"]
     assert isinstance(summary, list) and summary[0]["description"] == blip.description
@@ -80,11 +81,18 @@ def test_a_new_scenario_shows_in_help_json_report_and_bench(
     assert "0.7 s" in row
 
 
-def test_scenarios_that_need_what_the_hosts_lack_are_left_out_and_said_so() -> None:
+def test_scenarios_that_need_what_the_hosts_lack_are_skipped_with_the_reason() -> None:
     chosen, left = scenarios.select(None, NoFaults())
     names = [s.name for s in chosen]
     assert "host-down" not in names and "graceful" in names
-    assert any(line.startswith("host-down skipped: needs power") for line in left)
+    assert [s.line() for s in left] == ["host-down skipped: needs power control of the hosts"]
+    # cable-cut is opt-in: not running it by default is not a skip.
+    assert [s.name for s in left] == ["host-down"]
+
+
+def test_naming_the_scenarios_to_run_excludes_the_others_without_skipping_them() -> None:
+    chosen, left = scenarios.select(["graceful", "link-down"], NoFaults())
+    assert [s.name for s in chosen] == ["graceful", "link-down"] and left == []
 
 
 def test_asking_for_a_scenario_the_hosts_cannot_take_is_refused() -> None:
