@@ -201,6 +201,7 @@ def test_kill_9_at_each_point_then_status_is_right_and_a_rerun_converges(
     running = running_servers(lab_ssh, host)["http"]
     on_disk = installed_servers(lab_ssh, host)["http"]
     stale = f"{host}: haproxy runs an older config than /etc/haproxy/haproxy.cfg"
+    print(f"{point}: killed at {line.strip()!r}; running == installed: {running == on_disk}")
     if running != on_disk:  # the bug this guards against: new file, old haproxy
         assert code == 1 and any(p.startswith(stale) for p in data["problems"]), data
     else:
