@@ -87,7 +87,7 @@ def assert_no_failed_request_and_one_holder(
     peers = [p.name for p in lab.peers]
     failed = [p for p in probes if not p.ok]
     duration = probes[-1].t - probes[0].t
-    per_vip = len(probes) / max(1, len({p.address for p in probes})) / duration
+    per_vip = len(probes) / max(1, len({p.vip for p in probes})) / duration
     split = {
         v: split_brain(holder_timeline([s for s in samples if s.vip == v], peers)) for v in vips
     }
