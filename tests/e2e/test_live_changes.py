@@ -63,7 +63,9 @@ def deploy_under_traffic(
 ) -> tuple[Any, list[Any], list[Any], list[str]]:
     """Deploy `after` over `before` while probing and watching every VIP of either."""
     vips = list(dict.fromkeys(vips_of(before) + vips_of(after)))
-    probed = vips_of(before)  # a VIP that is only added is not served before the deploy
+    # Probed: the VIPs served before and after (one being added is not served yet; one
+    # being removed stops answering, which is what removing it means).
+    probed = [v for v in vips_of(before) if v in vips_of(after)]
     loaded = load_inventory(before)
     hosts = peer_hosts(loaded)
     watcher = OwnershipWatcher(hosts, vips).start()
