@@ -66,8 +66,8 @@ def deploy_under_traffic(
     # Probed: the VIPs served before and after (one being added is not served yet; one
     # being removed stops answering, which is what removing it means).
     probed = [v for v in vips_of(before) if v in vips_of(after)]
-    loaded = load_inventory(before)
-    hosts = peer_hosts(loaded)
+    # Every peer of either inventory is watched (one being added or removed too).
+    hosts = {**peer_hosts(load_inventory(after)), **peer_hosts(load_inventory(before))}
     watcher = OwnershipWatcher(hosts, vips).start()
     prober = Prober(
         [Target(f"http@{v}", v, 80, http=True) for v in probed], interval=1 / RATE, timeout=1.0
@@ -156,3 +156,24 @@ def test_a_live_change_fails_no_request_and_never_doubles_a_holder(
         figures = {"change": name, "direction": "forward" if step == 0 else "back"}
         assert_no_failed_request_and_one_holder(lab, probes, samples, vips, figures)
         assert edgekit("status", "-i", str(after)).returncode == 0
+
+
+def test_adding_a_third_peer_fails_no_request_and_never_doubles_a_holder(
+    lab_cycle: None, tmp_path: Path
+) -> None:
+    from edgekit.lab import local
+
+    lab = local.up(peers=3, backends=3)
+    three = yaml.safe_load(Path(lab.inventory).read_text())
+    two = copy(three)
+    two["peers"] = [p for p in two["peers"] if p["name"] != "proxy3"]
+    before, after = write(tmp_path, "two-peers", two, lab), write(tmp_path, "three", three, lab)
+    assert edgekit("deploy", "-i", str(before), "--yes").returncode == 0
+
+    result, probes, samples, vips = deploy_under_traffic(lab, before, after)
+
+    assert result.returncode == 0, result.stderr
+    figures = {"change": "add a third peer", "direction": "forward"}
+    assert_no_failed_request_and_one_holder(lab, probes, samples, vips, figures)
+    code = edgekit("status", "-i", str(after))
+    assert code.returncode == 0, code.stdout
