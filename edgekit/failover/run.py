@@ -82,6 +82,7 @@ class ScenarioResult:
         d = asdict(self)
         for key in ("probes", "samples", "fault_t", "restore_t"):
             d.pop(key)
+        d["per_vip"] = [{**asdict(v), "disturbed": v.disturbed} for v in self.per_vip]
         return d
 
     def disturbed(self) -> list[VipResult]:

@@ -308,6 +308,7 @@ def test_the_report_and_table_carry_every_run_with_its_vips_and_the_skipped(
     first = saved["scenarios"][0]
     assert first["holder"] == "proxy1" and first["vips"] == [A] and first["others_undisturbed"]
     assert {v["vip"]: v["holder"] for v in first["per_vip"]} == {A: "proxy1", B: "proxy2"}
+    assert [v["disturbed"] for v in saved["scenarios"][1]["per_vip"]] == [False, True]
     assert (tmp_path / "graceful.proxy1.svg").read_text().count(f"probes {A}") == 1
     series = json.loads((tmp_path / "haproxy-down.proxy1.series.json").read_text())
     assert series["vips"] == [A, B] and {p["vip"] for p in series["probes"]} == {A, B}
