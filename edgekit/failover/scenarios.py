@@ -206,4 +206,10 @@ def select(names: list[str] | None, driver: FaultDriver) -> tuple[list[Scenario]
 
 
 def help_text() -> str:
-    return ", ".join(SCENARIOS) + " (repeatable; default: every one that can run here)"
+    opt_in = [s.name for s in SCENARIOS.values() if not s.default]
+    default = f"all but {', '.join(opt_in)}" if opt_in else "all"
+    return (
+        ", ".join(SCENARIOS) + f" (repeatable; default: {default}; a default one that "
+        "cannot run here is skipped, which fails the run: name the ones to run to leave "
+        "it out)"
+    )
