@@ -12,7 +12,7 @@ from edgekit.failover import measure
 from edgekit.failover.run import ScenarioResult
 from edgekit.failover.scenarios import Skipped
 
-WIDTH, LANE, LEFT = 900, 28, 110
+WIDTH, LANE, LEFT = 900, 28, 150  # LEFT: room for "probes 255.255.255.255"
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
 
 
