@@ -69,15 +69,23 @@ class DeployPlan:
         return facts is not None and bool(facts.pending_deploy or facts.leftovers)
 
     def order(self) -> list[str]:
-        """Hosts to change: those holding no VIP first, VIP holders last (a failure there
-        moves the VIP), inventory order otherwise."""
+        """Hosts to change: those holding no VIP first, then VIP holders (a failure there
+        moves the VIP), then hosts joining (keepalived not running): a joiner started
+        before the others list it would hear no adverts and take the VIPs too. Inventory
+        order otherwise."""
         vips = [v.address for v in self.loaded.inventory.vips]
         names = [
             p.name
             for p in self.loaded.inventory.peers
             if p.name in self.hosts and self.touches(p.name)
         ]
-        return sorted(names, key=lambda n: any(self.facts[n].holds(v) for v in vips))
+
+        def rank(name: str) -> tuple[bool, bool]:
+            facts = self.facts[name]
+            joining = facts.units.get("keepalived", ("",))[0] != "active"
+            return joining, any(facts.holds(v) for v in vips)
+
+        return sorted(names, key=rank)
 
     def holders(self) -> dict[str, list[str]]:
         return vip_holders(self.loaded, self.facts)

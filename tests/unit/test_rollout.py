@@ -58,6 +58,18 @@ def test_hosts_without_a_vip_go_first_and_the_holder_last(tmp_path: Path) -> Non
     assert report.error is None and report.applied == order
 
 
+def test_a_joining_peer_starts_after_the_holder_knows_it(tmp_path: Path) -> None:
+    # proxy2 is new (keepalived not running): started before the others list it as a
+    # unicast peer, it would hear no adverts and take the VIP as well.
+    order: list[str] = []
+    hosts = simhost.cluster(holder="proxy1")
+    joiner = simhost.facts_text("10.10.0.12", holds_vip=False, files={}, active="inactive")
+    hosts["proxy2"].on(r"echo '@os'", stdout=joiner)
+    record(hosts, order)
+    rollout(tmp_path, hosts)
+    assert order == ["proxy3", "proxy1", "proxy2"]
+
+
 def test_the_holder_goes_last_wherever_it_is_in_the_inventory(tmp_path: Path) -> None:
     order: list[str] = []
     hosts = simhost.cluster(holder="proxy2")
