@@ -28,6 +28,9 @@ STATE_DIR = "/run/edgekit"
 # 1 while haproxy.service is stopped or dead, written by its edgekit drop-in; keepalived
 # watches it (track_file, inotify) and enters FAULT at once.
 HAPROXY_DOWN_FILE = f"{STATE_DIR}/haproxy-down"
+# Per-instance files keepalived.conf includes, absent but while deploy moves a VIP to its
+# preferred peer: there, `preempt` (edgekit.deploy.placement).
+PLACEMENT_DIR = f"{STATE_DIR}/placement"
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 
@@ -176,6 +179,10 @@ def _context(loaded: Loaded) -> dict[str, object]:
         "notify_script": NOTIFY_SCRIPT,
         "state_dir": STATE_DIR,
         "haproxy_down_file": HAPROXY_DOWN_FILE,
+        "placement_dir": PLACEMENT_DIR,
+        # The same path as a glob pattern: keepalived is silent about a pattern in a
+        # directory that does not exist, and warns about a missing plain path.
+        "placement_pattern": f"{PLACEMENT_DIR[:-1]}[{PLACEMENT_DIR[-1]}]",
     }
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from edgekit import firewall
+from edgekit.deploy.placement import misplaced
 from edgekit.errors import EdgekitError
 from edgekit.facts import FirewallFacts, HostFacts, TableState
 from edgekit.hosts import gather, in_parallel
@@ -52,6 +53,9 @@ class ClusterStatus:
     peers: list[PeerStatus]
     holders: dict[str, list[str]]
     problems: list[str]
+    # What serves, but not as the inventory says (a VIP off its preferred peer): no
+    # failure (exit 0, `healthy`), but part of the verdict.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -59,13 +63,15 @@ class ClusterStatus:
 
     @property
     def verdict(self) -> str:
-        return "healthy" if self.healthy else "; ".join(self.problems)
+        warned = [f"warning: {w}" for w in self.warnings]
+        return "; ".join((self.problems or ["healthy"]) + warned)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "healthy": self.healthy,
             "verdict": self.verdict,
             "problems": self.problems,
+            "warnings": self.warnings,
             "vip_holders": self.holders,
             "peers": [asdict(p) for p in self.peers],
         }
@@ -175,6 +181,29 @@ def verdict(loaded: Loaded, peers: list[PeerStatus]) -> tuple[dict[str, list[str
     return holders, problems
 
 
+def warnings(loaded: Loaded, peers: list[PeerStatus], holders: dict[str, list[str]]) -> list[str]:
+    """A VIP held by one peer that is not its preferred one, while the preferred peer
+    could take it (reachable, haproxy and keepalived up, that instance BACKUP). With
+    nopreempt it stays there until a deploy moves it."""
+    by_name = {p.name: p for p in peers}
+
+    def ready(peer: str, instance: str) -> bool:
+        p = by_name.get(peer)
+        return bool(
+            p
+            and p.reachable
+            and p.haproxy_up
+            and p.keepalived_up
+            and p.vrrp.get(instance) == "BACKUP"
+        )
+
+    return [
+        f"VIP {m.vip} is on {m.holder}, not on its preferred peer {m.to} "
+        "(edgekit deploy moves it there)"
+        for m in misplaced(loaded, holders, ready)
+    ]
+
+
 def cluster_status(loaded: Loaded, hosts: Mapping[str, Transport]) -> ClusterStatus:
     files = render_all(loaded)
     peers = list(
@@ -183,4 +212,4 @@ def cluster_status(loaded: Loaded, hosts: Mapping[str, Transport]) -> ClusterSta
         ).values()
     )
     holders, problems = verdict(loaded, peers)
-    return ClusterStatus(peers, holders, problems)
+    return ClusterStatus(peers, holders, problems, warnings(loaded, peers, holders))

@@ -123,6 +123,8 @@ def _show_plan(plan: DeployPlan) -> None:
             )
         elif plan.unfinished(name):
             typer.echo(f"--- {name}: a stopped deploy did not finish here; will finish it")
+    for move in plan.moves:
+        typer.echo(f"--- {move.line()}: will move, make-before-break")
 
 
 def _summary(report: DeployReport) -> None:

@@ -17,6 +17,7 @@ from enum import StrEnum
 from edgekit import firewall
 from edgekit.deploy import confirm as fw_load
 from edgekit.deploy import lock as deploy_lock
+from edgekit.deploy import placement
 from edgekit.deploy.apply import ApplyError, Timing, apply_host, converge_host, sweep
 from edgekit.deploy.plan import HostPlan, plan_host
 from edgekit.errors import InputError, OperationError
@@ -45,10 +46,13 @@ class DeployPlan:
     facts: dict[str, HostFacts]  # host -> what preflight read
     hosts: dict[str, HostPlan]
     firewall: dict[str, FirewallAction] = field(default_factory=dict)
+    # VIPs not on their healthy preferred peer: apply() moves them, also when no host
+    # has anything else to do.
+    moves: list[placement.Move] = field(default_factory=list)
 
     @property
     def pending(self) -> bool:
-        return any(self.touches(n) for n in self.hosts)
+        return any(self.touches(n) for n in self.hosts) or bool(self.moves)
 
     def stale(self, name: str) -> list[str]:
         """Units on `name` that run older configs than its installed ones (a deploy
@@ -100,6 +104,7 @@ class DeployReport:
     holders: dict[str, list[str]] = field(default_factory=dict)
     service_checks: dict[str, bool] = field(default_factory=dict)
     skipped_checks: dict[str, str] = field(default_factory=dict)  # service check -> why
+    moved: list[placement.Move] = field(default_factory=list)  # VIPs put on preferred peers
 
     @property
     def plans(self) -> dict[str, HostPlan]:
@@ -129,6 +134,8 @@ class DeployReport:
             "vip_holders": self.holders,
             "services": self.service_checks,
             "services_not_checked": self.skipped_checks,
+            "vip_moves": [m.to_dict() for m in self.plan.moves],  # planned
+            "vip_moved": [m.to_dict() for m in self.moved],
             "ok": self.error is None,
         }
 
@@ -254,6 +261,7 @@ def plan(
         facts,
         plans,
         _firewall_actions(loaded, plans, facts, progress),
+        placement.planned_moves(loaded, facts),
     )
 
 
@@ -330,6 +338,14 @@ def apply(
         timing.verify_s,
         answers or (lambda address, port: tcp_answers(address, port, timeout=3.0)),
     )
+    if report.error is None:
+        report.error = placement.place_vips(
+            the_plan.loaded, hosts, progress, timing.verify_s, moved=report.moved
+        )
+        if report.moved:
+            report.holders = vip_holders(
+                the_plan.loaded, in_parallel(hosts, lambda h: gather(h, []))
+            )
     return report
 
 

@@ -29,6 +29,7 @@ from edgekit.deploy.apply import (
     wait_healthy,
 )
 from edgekit.deploy.lock import lock_command
+from edgekit.deploy.placement import allow_script, restore_script
 from edgekit.deploy.plan import FileChange, HostPlan
 from edgekit.facts import LiveFile
 from edgekit.remote import scripts
@@ -131,6 +132,8 @@ CASES = [
     Case("fw-arm-short", "fw-arm", lambda: confirm.arm_script("true", window=0.2)),
     Case("fw-cancel", "fw-cancel", confirm.cancel_script),
     Case("fw-remove", "fw-remove", confirm.removal_command),
+    Case("placement-allow", "placement-allow", lambda: allow_script(["VI_51", "VI_52"])),
+    Case("placement-restore", "placement-restore", restore_script),
 ]
 
 
