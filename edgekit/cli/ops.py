@@ -248,6 +248,8 @@ def failover_test(
 ) -> int:
     """Break the holder of each VIP in realistic ways under live traffic; measure what
     clients of every VIP saw."""
+    from edgekit.deploy.placement import place_vips
+    from edgekit.deploy.placement import wanted as placement_wanted
     from edgekit.failover import scenarios as registry
     from edgekit.failover.faults import driver_for
     from edgekit.failover.report import results_json, table_lines, write_report
@@ -272,6 +274,7 @@ def failover_test(
     for entry in skipped:
         power = "; real hosts need --allow-host-down" if "power" in entry.reason else ""
         note(f"{entry.line()}{power} (the run fails unless -s names the scenarios to run)")
+    progress = (lambda _m: None) if json_out else note
     try:
         outcome = run(
             loaded,
@@ -279,7 +282,11 @@ def failover_test(
             chosen,
             driver,
             Options(hold_s=hold, allow_drift=allow_drift, move_wait_s=move_wait, stable_s=stable),
-            (lambda _m: None) if json_out else note,
+            progress,
+            # Each run starts with the VIPs on their preferred peers, as deploy leaves them.
+            place=(lambda: place_vips(loaded, hosts, progress, timeout=30.0))
+            if placement_wanted(loaded)
+            else None,
         )
     finally:
         close_all(hosts)

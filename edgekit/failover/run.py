@@ -5,7 +5,7 @@ disturb the VIPs held elsewhere."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from edgekit.errors import EdgekitError, OperationError
@@ -335,9 +335,15 @@ def run(
     driver: FaultDriver,
     opts: Options,
     progress: Progress,
+    place: Callable[[], str | None] | None = None,
 ) -> RunReport:
     """Each scenario against the holder of each VIP, in turn. Refuses to start on an
-    unhealthy cluster; a run that cannot start later is skipped with the reason."""
+    unhealthy cluster; a run that cannot start later is skipped with the reason.
+
+    `place` (deploy's placement: each VIP to its preferred peer, make-before-break; an
+    error or None) runs before each run, so every run starts where the inventory puts
+    the VIPs and shows whether a fault disturbs the VIPs held elsewhere; without it a
+    moved VIP stays where it went (nopreempt)."""
     problems = _ready(cluster_status(loaded, hosts), opts.allow_drift)
     if problems:
         raise OperationError(
@@ -348,6 +354,9 @@ def run(
     for scenario in scenarios:
         pending = list(vips)
         while pending:
+            error = place() if place is not None else None
+            if error:
+                progress(f"{scenario.name}: the VIPs stay where they are: {error}")
             try:
                 r = run_scenario(loaded, hosts, scenario, driver, opts, progress, pending)
             except CannotRun as exc:

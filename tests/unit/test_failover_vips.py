@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,11 +180,23 @@ def healthy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "cluster_status", lambda _l, _h: ClusterStatus([], {}, []))
 
 
-def run_sim(loaded: Loaded, sim: SimCluster, names: list[str]) -> RunReport:
+def run_sim(
+    loaded: Loaded,
+    sim: SimCluster,
+    names: list[str],
+    place: Callable[[], str | None] | None = None,
+    notes: list[str] | None = None,
+) -> RunReport:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner, "run_scenario", sim.run_scenario)
         return runner.run(
-            loaded, {}, [SCENARIOS[n] for n in names], NoFaults(), Options(), lambda _m: None
+            loaded,
+            {},
+            [SCENARIOS[n] for n in names],
+            NoFaults(),
+            Options(),
+            (notes if notes is not None else []).append,
+            place=place,
         )
 
 
@@ -197,6 +209,31 @@ def test_each_scenario_faults_the_holder_of_each_vip(loaded: Loaded, healthy: No
         ("haproxy-down", "proxy1", [A, B]),
     ]
     assert outcome.passed and outcome.skipped == []
+
+
+def test_with_placement_every_run_starts_where_the_inventory_puts_the_vips(
+    loaded: Loaded, healthy: None
+) -> None:
+    preferred = {A: "proxy1", B: "proxy2"}
+    sim = SimCluster(dict(preferred))
+
+    def place() -> None:
+        sim.placement.update(preferred)
+
+    run_sim(loaded, sim, ["graceful", "host-down"], place=place)
+    assert sim.runs == [
+        ("graceful", "proxy1", [A]),
+        ("graceful", "proxy2", [B]),  # A is back on proxy1: the VIP held elsewhere
+        ("host-down", "proxy1", [A]),
+        ("host-down", "proxy2", [B]),
+    ]
+
+
+def test_a_placement_that_fails_is_said_and_the_runs_go_on(loaded: Loaded, healthy: None) -> None:
+    sim, notes = SimCluster({A: "proxy1", B: "proxy2"}), list[str]()
+    outcome = run_sim(loaded, sim, ["graceful"], place=lambda: "proxy1: busy", notes=notes)
+    assert "graceful: the VIPs stay where they are: proxy1: busy" in notes
+    assert len(sim.runs) == 2 and outcome.passed
 
 
 def test_a_peer_holding_both_vips_is_faulted_once_per_scenario(
@@ -338,7 +375,9 @@ def fake_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
     scenario it is given; yields the scenario names of each call."""
     calls: list[list[str]] = []
 
-    def fake_run(loaded: Loaded, hosts: object, scenarios: list[Any], *_a: object) -> RunReport:
+    def fake_run(
+        loaded: Loaded, hosts: object, scenarios: list[Any], *_a: object, **_k: object
+    ) -> RunReport:
         calls.append([s.name for s in scenarios])
         return RunReport(
             [ScenarioResult(s.name, holder="proxy1", vips=[A], passed=True) for s in scenarios]
@@ -382,7 +421,7 @@ def test_scenarios_left_out_by_naming_the_others_do_not_fail_the_run(
 def test_a_run_skipped_while_running_fails_the_command(
     inventory_file: Path, fake_cluster: list[list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def skipping(*_a: object) -> RunReport:
+    def skipping(*_a: object, **_k: object) -> RunReport:
         return RunReport(
             [ScenarioResult("graceful", holder="proxy1", vips=[A], passed=True)],
             [Skipped("graceful", "the cluster is not healthy: proxy1: haproxy down", (B,))],
