@@ -354,7 +354,10 @@ def run(
     for scenario in scenarios:
         pending = list(vips)
         while pending:
-            error = place() if place is not None else None
+            try:
+                error = place() if place is not None else None
+            except EdgekitError as exc:  # a deploy holding the hosts' locks, say
+                error = str(exc)
             if error:
                 progress(f"{scenario.name}: the VIPs stay where they are: {error}")
             try:

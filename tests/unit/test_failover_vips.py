@@ -235,6 +235,14 @@ def test_a_placement_that_fails_is_said_and_the_runs_go_on(loaded: Loaded, healt
     assert "graceful: the VIPs stay where they are: proxy1: busy" in notes
     assert len(sim.runs) == 2 and outcome.passed
 
+    def locked() -> str | None:
+        raise runner.OperationError("proxy1: deploy lock held by pid 42")
+
+    notes.clear()
+    outcome = run_sim(loaded, SimCluster({A: "proxy1", B: "proxy2"}), ["graceful"], locked, notes)
+    assert "graceful: the VIPs stay where they are: proxy1: deploy lock held by pid 42" in notes
+    assert len(outcome.results) == 2
+
 
 def test_a_peer_holding_both_vips_is_faulted_once_per_scenario(
     loaded: Loaded, healthy: None
