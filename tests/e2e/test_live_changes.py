@@ -36,18 +36,8 @@ def second_vip(lab: Any) -> str:
     return next(str(a) for a in reversed(list(net.hosts())) if str(a) not in used)
 
 
-@pytest.fixture(scope="module")
-def base(lab: Any) -> dict[str, Any]:
-    return yaml.safe_load(Path(lab.inventory).read_text())
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("live")
-
-
-def write(workdir: Path, name: str, data: dict[str, Any], lab: Any) -> Path:
-    path = workdir / f"{name}.yaml"
+def write(directory: Path, name: str, data: dict[str, Any], lab: Any) -> Path:
+    path = directory / f"{name}.yaml"
     # The lab's marker line stays first: failover tooling knows the lab by it.
     marker = Path(lab.inventory).read_text().splitlines()[0]
     path.write_text(marker + "\n" + yaml.safe_dump(data, sort_keys=False))
@@ -143,10 +133,11 @@ def _add_vip(data: dict[str, Any], lab: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", list(CHANGES))
 def test_a_live_change_fails_no_request_and_never_doubles_a_holder(
-    lab: Any, base: dict[str, Any], workdir: Path, name: str
+    lab: Any, tmp_path: Path, name: str
 ) -> None:
-    original = write(workdir, "original", base, lab)
-    changed = write(workdir, name.replace(" ", "-"), CHANGES[name](base, lab), lab)
+    base = yaml.safe_load(Path(lab.inventory).read_text())
+    original = write(tmp_path, "original", base, lab)
+    changed = write(tmp_path, name.replace(" ", "-"), CHANGES[name](base, lab), lab)
     assert edgekit("deploy", "-i", str(original), "--yes").returncode == 0
 
     # The change, then back again: both directions are live changes (add and remove).
