@@ -164,6 +164,8 @@ def _check_line(svc: Service) -> str:
 
 
 def _context(loaded: Loaded) -> dict[str, object]:
+    from edgekit.monitoring import exporter  # it builds on this module
+
     inv = loaded.inventory
     return {
         "inv": inv,
@@ -183,11 +185,17 @@ def _context(loaded: Loaded) -> dict[str, object]:
         # The same path as a glob pattern: keepalived is silent about a pattern in a
         # directory that does not exist, and warns about a missing plain path.
         "placement_pattern": f"{PLACEMENT_DIR[:-1]}[{PLACEMENT_DIR[-1]}]",
+        # edgekit.monitoring.exporter: the stats frontend forwards this path to it.
+        "exporter_metrics_path": exporter.METRICS_PATH,
+        "exporter_socket": exporter.SOCKET_NAME,
     }
 
 
 def render_shared(loaded: Loaded) -> list[RenderedFile]:
     """Files that are the same on every peer."""
+    # edgekit.monitoring builds on this module: imported when first used.
+    from edgekit.monitoring import render_exporter
+
     env = _env()
     ctx = _context(loaded)
     kconf_secret = loaded.secrets.vrrp_auth is not None
@@ -243,6 +251,7 @@ def render_shared(loaded: Loaded) -> list[RenderedFile]:
             "sysctl",
         ),
         *render_firewall(loaded),
+        *render_exporter(loaded),
     ]
 
 

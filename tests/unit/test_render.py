@@ -342,7 +342,9 @@ def test_every_server_line_has_a_health_check(path: Path) -> None:
     cfg = next(iter(files.values()))[HAPROXY_CFG].content
     servers = [ln.split() for ln in cfg.splitlines() if ln.strip().startswith("server ")]
     inv = loaded.inventory
-    assert len(servers) == sum(len(inv.backends[s.backend]) for s in inv.services)
+    # The services' servers, and edgekit's exporter behind the stats page.
+    assert len(servers) == sum(len(inv.backends[s.backend]) for s in inv.services) + 1
+    assert sections(cfg)["backend edgekit_exporter"][-1].split()[:2] == ["server", "exporter"]
     for words in servers:
         assert "check" in words, words
 

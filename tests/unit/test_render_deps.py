@@ -38,6 +38,7 @@ FW = firewall.RULESET
 FW_UNIT = firewall.UNIT_PATH
 FENCE = f"/{firewall.FENCE_FILE}"
 NODES_README = "/README.md"
+EXPORTER_CFG = "/etc/edgekit/exporter.json"  # keepalived's instances, for the exporter
 
 RELOAD_HA = "systemctl reload haproxy"
 RESTART_HA = "systemctl restart haproxy"
@@ -132,7 +133,7 @@ CASES = [
     case(
         "cluster name (each header names it)",
         {"cluster": "other-edge"},
-        {HA, KA, FW},
+        {HA, KA, FW, EXPORTER_CFG},
         (FW_LOAD, RELOAD_HA, RELOAD_KA),
         nodes={FENCE, NODES_README},
     ),
@@ -165,20 +166,25 @@ CASES = [
     case(
         "vip added",
         appending("vips", SECOND_VIP),
-        {HA, KA, FW},
+        {HA, KA, FW, EXPORTER_CFG},
         (FW_LOAD, RELOAD_HA, RELOAD_KA),
         nodes={FENCE, NODES_README},
     ),
     case(
         "vip removed",
         dropping("vips[1]"),
-        {HA, KA, FW},
+        {HA, KA, FW, EXPORTER_CFG},
         (FW_LOAD, RELOAD_HA, RELOAD_KA),
         nodes={FENCE, NODES_README},
         both={"vips": [{"address": "10.10.0.100/24", "vrid": 51}, SECOND_VIP]},
     ),
-    case("vip preferred peer", {"vips[0].preferred": "proxy2"}, {KA}, (RELOAD_KA,)),
-    case("vip vrid", {"vips[0].vrid": 61}, {KA}, (RELOAD_KA,)),
+    case(
+        "vip preferred peer",
+        {"vips[0].preferred": "proxy2"},
+        {KA, EXPORTER_CFG},
+        (RELOAD_KA,),
+    ),
+    case("vip vrid", {"vips[0].vrid": 61}, {KA, EXPORTER_CFG}, (RELOAD_KA,)),
     # --- peers ---------------------------------------------------------------------------
     case("peer ssh_host", {"peers[1].ssh_host": "proxy2.example.net"}, NOTHING),
     case(
