@@ -22,13 +22,14 @@ from dataclasses import dataclass
 
 from edgekit.deploy import lock as deploy_lock
 from edgekit.deploy.apply import wait_healthy
+from edgekit.errors import EdgekitError
 from edgekit.facts import HostFacts
 from edgekit.hosts import gather, in_parallel
 from edgekit.inventory import Loaded
 from edgekit.progress import Progress, wait_until
 from edgekit.remote import Transport
 from edgekit.remote.scripts import script
-from edgekit.render import PLACEMENT_DIR
+from edgekit.render import PLACEMENT_DIR, STATE_DIR, interface_of
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,59 @@ class Move:
         return {"vip": self.vip, "from": self.holder, "to": self.to}
 
 
+# The handover: for a moment after a move the old holder still serves the connections it
+# had accepted (a local route for the VIP, no ARP answers for it), and the new holder
+# passes on the packets of connections it does not know.
+HANDOVER_DIR = f"{STATE_DIR}/handover"
+HANDOVER_TABLE = "edgekit_handover"
+HANDOVER_METRIC = 1025  # our local routes; the kernel's own have metric 0
+HANDOVER_S = 2.0  # how long the old holder finishes its connections after the move
+
+
 def allow_script(instances: list[str]) -> str:
     return script("placement-allow", placement_dir=PLACEMENT_DIR, instances=instances)
 
 
 def restore_script() -> str:
-    return script("placement-restore", placement_dir=PLACEMENT_DIR)
+    return script(
+        "placement-restore",
+        placement_dir=PLACEMENT_DIR,
+        handover_dir=HANDOVER_DIR,
+        table=HANDOVER_TABLE,
+        metric=HANDOVER_METRIC,
+    )
+
+
+def give_script(vips: list[tuple[str, str]]) -> str:
+    """On the old holder: (VIP, its interface there) for each VIP it hands over."""
+    return script("handover-give", handover_dir=HANDOVER_DIR, vips=vips, metric=HANDOVER_METRIC)
+
+
+def handover_ruleset(rules: list[tuple[str, str, str]]) -> str:
+    """nft: (VIP, old holder's address, interface) -> pass the packets of connections
+    this peer does not know on to the old holder (addresses and interface names are
+    validated: nothing here needs quoting for nft)."""
+    lines = [
+        f"        ip daddr {vip} tcp flags & (syn | rst) == 0 ct state new,invalid "
+        f'dup to {old} device "{iface}" drop'
+        for vip, old, iface in rules
+    ]
+    return "\n".join(
+        [
+            f"table ip {HANDOVER_TABLE}",
+            f"delete table ip {HANDOVER_TABLE}",
+            f"table ip {HANDOVER_TABLE} {{",
+            "    chain prerouting {",
+            "        type filter hook prerouting priority -150; policy accept;",
+            *lines,
+            "    }",
+            "}",
+        ]
+    )
+
+
+def take_script(rules: list[tuple[str, str, str]]) -> str:
+    return script("handover-take", handover_dir=HANDOVER_DIR, ruleset=handover_ruleset(rules))
 
 
 def wanted(loaded: Loaded) -> bool:
@@ -130,9 +178,12 @@ def place_vips(
                     f"its preferred peer {peer} is not healthy"
                 )
         for peer in dict.fromkeys(m.to for m in moves):
-            error = _move_to(
-                loaded, hosts, peer, [m for m in moves if m.to == peer], progress, timeout
-            )
+            try:
+                error = _move_to(
+                    loaded, hosts, peer, [m for m in moves if m.to == peer], progress, timeout
+                )
+            except EdgekitError as exc:
+                error = str(exc)
             if error:
                 return error
             if moved is not None:
@@ -163,8 +214,25 @@ def _move_to(
         holders.update(_holders(loaded, in_parallel(hosts, lambda h: gather(h, []))))
         return all(holders[m.vip] == [peer] for m in moves)
 
+    peers = {p.name: p for p in inv.peers}
+    vip_of = {str(v.address.ip): v for v in inv.vips}
+    olds = sorted({m.holder for m in moves})
     started = time.monotonic()
     try:
+        for old in olds:
+            give = [
+                (m.vip, interface_of(inv, peers[old], vip_of[m.vip]))
+                for m in moves
+                if m.holder == old
+            ]
+            hosts[old].check(give_script(give), "preparing the handover", sudo=True)
+        rules = [
+            (m.vip, str(peers[m.holder].address), interface_of(inv, peers[peer], vip_of[m.vip]))
+            for m in moves
+        ]
+        taken = host.check(take_script(rules), "preparing the handover", sudo=True)
+        if "no nft" in taken.stdout:
+            progress(f"{peer}: nft is missing: connections open on the old holder may break")
         if not inv.vrrp.preempt:  # with preempt the peer takes it by itself
             progress(f"{peer}: taking {vips}: preempt allowed for {', '.join(instances)}")
             allowed = host.run(allow_script(instances), sudo=True, timeout=60)
@@ -172,10 +240,13 @@ def _move_to(
                 return f"{peer}: allowing preempt failed: {allowed.last_line()}"
         arrived_in_time = wait_until(arrived, timeout, interval=0.2)
         took = time.monotonic() - started
+        if arrived_in_time:
+            time.sleep(HANDOVER_S)  # the old holder finishes what it had accepted
     finally:
-        if not inv.vrrp.preempt:
-            restored = host.run(restore_script(), sudo=True, timeout=60)
-    if not inv.vrrp.preempt and not restored.ok:
+        restored = host.run(restore_script(), sudo=True, timeout=60)
+        for old in olds:
+            hosts[old].run(restore_script(), sudo=True, timeout=60)
+    if not restored.ok:
         return f"{peer}: restoring nopreempt failed: {restored.last_line()}"
     if not arrived_in_time:
         where = "; ".join(

@@ -31,6 +31,7 @@ FAST = Timing(health_s=0.2, verify_s=0.1)
 @pytest.fixture(autouse=True)
 def _password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEKIT_STATS_PASSWORD", PASSWORD)
+    monkeypatch.setattr(placement, "HANDOVER_S", 0.0)
 
 
 def inventory(
@@ -188,6 +189,26 @@ def test_a_vip_moves_to_its_healthy_preferred_peer_which_takes_it_before_the_hol
     p1 = [c for c in cluster.hosts["proxy1"].commands() if not re.search(RESTORE, c)]
     assert not [c for c in p1 if re.search(r"systemctl (stop|restart|reload) keepalived", c)]
     assert any("moved from proxy1 to proxy2" in n for n in notes)
+
+
+def test_the_old_holder_keeps_serving_its_connections_through_the_move(tmp_path: Path) -> None:
+    """Before the move the old holder keeps the VIP as a local route (not an address, and
+    not answered in ARP) and the new holder passes on packets of connections it does not
+    know to the old holder; both are undone after it."""
+    cluster = Cluster(inventory(tmp_path), {A: "proxy1", B: "proxy1"})
+    place(cluster)
+    p1, p2 = cluster.hosts["proxy1"], cluster.hosts["proxy2"]
+    give = p1.index(r"ip route replace local")
+    assert f"local {B}/32 dev lo table local" in p1.commands()[give]
+    assert f"{A}/32" not in p1.commands()[give]  # only the VIP that moves
+    assert "arp_ignore" in p1.commands()[give]
+    take = p2.index(r"nft -f -")
+    assert f"ip daddr {B} tcp flags & (syn | rst) == 0" in p2.commands()[take]
+    assert 'dup to 10.10.0.11 device "eth1" drop' in p2.commands()[take]
+    assert take < p2.index(ALLOW)
+    # Undone on both once the VIP is on proxy2.
+    assert p1.commands()[give:] and any(re.search(RESTORE, c) for c in p1.commands()[give:])
+    assert any(re.search(RESTORE, c) for c in p2.commands()[p2.index(ALLOW) :])
 
 
 def test_vips_already_on_their_preferred_peers_are_left_alone(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from edgekit.deploy.apply import (
     wait_healthy,
 )
 from edgekit.deploy.lock import lock_command
-from edgekit.deploy.placement import allow_script, restore_script
+from edgekit.deploy.placement import allow_script, give_script, restore_script, take_script
 from edgekit.deploy.plan import FileChange, HostPlan
 from edgekit.facts import LiveFile
 from edgekit.remote import scripts
@@ -134,6 +134,14 @@ CASES = [
     Case("fw-remove", "fw-remove", confirm.removal_command),
     Case("placement-allow", "placement-allow", lambda: allow_script(["VI_51", "VI_52"])),
     Case("placement-restore", "placement-restore", restore_script),
+    Case("handover-give", "handover-give", lambda: give_script([("10.0.0.100", "eth1")])),
+    Case(
+        "handover-take",
+        "handover-take",
+        lambda: take_script(
+            [("10.0.0.100", "10.0.0.11", "eth1"), ("10.0.0.101", "10.0.0.12", "e")]
+        ),
+    ),
 ]
 
 
