@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from edgekit import monitoring, render
 from edgekit.inventory import load_inventory
 from edgekit.monitoring import exporter
 from edgekit.monitoring.exporter import Config, Instance, KeepalivedInstance, Sample
+from tests.conftest import need_program
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 EXAMPLE = DATA / "good" / "issue-example.yaml"
@@ -220,3 +224,343 @@ def test_exporter_unit_follows_haproxy() -> None:
     assert "Upholds=edgekit-exporter.service" in files[monitoring.HAPROXY_DROPIN].content
     # A new exporter takes effect through haproxy's (seamless) reload; nothing restarts.
     assert files[monitoring.EXPORTER_PATH].service == "haproxy"
+
+
+# --- alert rules: promtool check rules / test rules on the rendered file -------------------
+
+C = "boston-edge"
+VIP = "10.10.0.100"
+P1, P2 = "proxy1", "proxy2"
+
+
+def _vrrp(peer: str) -> dict[str, str]:
+    return {"cluster": C, "peer": peer, "vip": VIP, "vrid": "51", "vrrp_instance": "VI_51"}
+
+
+def _peer(peer: str) -> dict[str, str]:
+    return {"cluster": C, "peer": peer}
+
+
+def _series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+def healthy(override: dict[str, str] | None = None, minutes: int = 30) -> list[dict[str, str]]:
+    """A healthy pair for `minutes` (one sample a minute): proxy1 MASTER holding the VIP
+    it prefers, proxy2 BACKUP. `override` replaces series values: 'name@peer' -> values."""
+    n = f"x{minutes}"
+    override = dict(override or {})
+    base: dict[str, tuple[str, dict[str, str], str]] = {}
+    for peer, state, held, pref in ((P1, "2", "1", "1"), (P2, "1", "0", "0")):
+        target = {
+            **_peer(peer),
+            "job": monitoring.JOB,
+            "instance": f"10.10.0.1{peer[-1]}:8404",
+        }
+        hap = {**_peer(peer), "job": monitoring.HAPROXY_JOB, "proxy": "http"}
+        base[f"edgekit_vrrp_state@{peer}"] = ("edgekit_vrrp_state", _vrrp(peer), f"{state}+0{n}")
+        base[f"edgekit_vip_held@{peer}"] = ("edgekit_vip_held", _vrrp(peer), f"{held}+0{n}")
+        base[f"edgekit_vip_preferred@{peer}"] = (
+            "edgekit_vip_preferred",
+            _vrrp(peer),
+            f"{pref}+0{n}",
+        )
+        base[f"edgekit_vrrp_transitions_total@{peer}"] = (
+            "edgekit_vrrp_transitions_total",
+            _vrrp(peer),
+            f"1+0{n}",
+        )
+        for name in ("edgekit_keepalived_up", "edgekit_haproxy_up"):
+            base[f"{name}@{peer}"] = (name, _peer(peer), f"1+0{n}")
+        base[f"edgekit_deploy_pending@{peer}"] = ("edgekit_deploy_pending", _peer(peer), f"0+0{n}")
+        base[f"edgekit_config_info@{peer}"] = (
+            "edgekit_config_info",
+            {**_peer(peer), "haproxy_cfg_sha256": HASH_A, "keepalived_conf_sha256": HASH_B},
+            f"1+0{n}",
+        )
+        base[f"up@{peer}"] = ("up", target, f"1+0{n}")
+        base[f"haproxy_server_status@{peer}"] = (
+            "haproxy_server_status",
+            {**hap, "server": "node1", "state": "DOWN"},
+            f"0+0{n}",
+        )
+        base[f"haproxy_backend_active_servers@{peer}"] = (
+            "haproxy_backend_active_servers",
+            hap,
+            f"3+0{n}",
+        )
+        base[f"haproxy_backend_backup_servers@{peer}"] = (
+            "haproxy_backend_backup_servers",
+            hap,
+            f"0+0{n}",
+        )
+    out = []
+    for key, (name, labels, values) in base.items():
+        if key in override:
+            values = override.pop(key)
+        if key.startswith("edgekit_config_info@") and f"hash@{key[-6:]}" in override:
+            labels = {**labels, "haproxy_cfg_sha256": override.pop(f"hash@{key[-6:]}")}
+        out.append(_series(name, labels, values))
+    assert not override, f"unknown series {override}"
+    return out
+
+
+def _expand(template: str, labels: dict[str, str], value: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        return value if m.group(1) == "$value" else labels[m.group(1).split(".", 1)[1]]
+
+    return re.sub(r"\{\{ (\$value|\$labels\.\w+) \}\}", sub, template)
+
+
+# alert -> (input overrides, minute it is checked, labels it fires with (None: quiet),
+# its $value). One row fires, the next, close to it, stays quiet.
+ALERT_CASES: list[tuple[str, str, dict[str, str], int, dict[str, str] | None, str]] = [
+    (
+        "no holder",
+        "EdgekitVipNoHolder",
+        {"edgekit_vip_held@proxy1": "1 1 0+0x10"},
+        5,
+        {"cluster": C, "vip": VIP},
+        "0",
+    ),
+    (
+        "a takeover's gap",
+        "EdgekitVipNoHolder",
+        {"edgekit_vip_held@proxy1": "1 0 1+0x10"},
+        1,
+        None,
+        "",
+    ),
+    (
+        "two holders",
+        "EdgekitVipSplitBrain",
+        {"edgekit_vip_held@proxy2": "0 1+0x10"},
+        5,
+        {"cluster": C, "vip": VIP},
+        "2",
+    ),
+    (
+        "not on its preferred peer for 10 minutes",
+        "EdgekitVipNotOnPreferredPeer",
+        {
+            "edgekit_vip_held@proxy1": "0+0x30",
+            "edgekit_vip_held@proxy2": "1+0x30",
+            "edgekit_vrrp_state@proxy1": "1+0x30",
+            "edgekit_vrrp_state@proxy2": "2+0x30",
+        },
+        12,
+        {**_vrrp(P1)},
+        "1",
+    ),
+    (
+        "not on its preferred peer for 5 minutes",
+        "EdgekitVipNotOnPreferredPeer",
+        {
+            "edgekit_vip_held@proxy1": "0+0x30",
+            "edgekit_vip_held@proxy2": "1+0x30",
+            "edgekit_vrrp_state@proxy1": "1+0x30",
+            "edgekit_vrrp_state@proxy2": "2+0x30",
+        },
+        5,
+        None,
+        "",
+    ),
+    (
+        "preferred peer in FAULT (it could not take the VIP)",
+        "EdgekitVipNotOnPreferredPeer",
+        {
+            "edgekit_vip_held@proxy1": "0+0x30",
+            "edgekit_vip_held@proxy2": "1+0x30",
+            "edgekit_vrrp_state@proxy1": "3+0x30",
+            "edgekit_vrrp_state@proxy2": "2+0x30",
+        },
+        12,
+        None,
+        "",
+    ),
+    (
+        "a peer in FAULT",
+        "EdgekitVrrpFault",
+        {"edgekit_vrrp_state@proxy1": "2 3+0x10"},
+        3,
+        _vrrp(P1),
+        "3",
+    ),
+    (
+        "keepalived stopped",
+        "EdgekitKeepalivedDown",
+        {"edgekit_keepalived_up@proxy2": "1 0+0x10"},
+        3,
+        _peer(P2),
+        "0",
+    ),
+    (
+        "flapping",
+        "EdgekitVrrpFlapping",
+        {
+            "edgekit_vrrp_transitions_total@proxy1": "0+1x30",
+            "edgekit_vrrp_transitions_total@proxy2": "0+1x30",
+        },
+        20,
+        {"cluster": C, "vip": VIP},
+        "",
+    ),
+    (
+        "one failover",
+        "EdgekitVrrpFlapping",
+        {
+            "edgekit_vrrp_transitions_total@proxy1": "1 1 2+0x20",
+            "edgekit_vrrp_transitions_total@proxy2": "0 0 1+0x20",
+        },
+        10,
+        None,
+        "",
+    ),
+    (
+        "haproxy down (the scrape fails)",
+        "EdgekitHaproxyDown",
+        {"up@proxy1": "1 0+0x10"},
+        3,
+        {**_peer(P1), "job": monitoring.JOB, "instance": "10.10.0.11:8404"},
+        "0",
+    ),
+    (
+        "a backend server down",
+        "EdgekitBackendServerDown",
+        {"haproxy_server_status@proxy2": "0 1+0x10"},
+        3,
+        {
+            **_peer(P2),
+            "job": monitoring.HAPROXY_JOB,
+            "proxy": "http",
+            "server": "node1",
+            "state": "DOWN",
+        },
+        "1",
+    ),
+    (
+        "every server of a backend down",
+        "EdgekitBackendDown",
+        {"haproxy_backend_active_servers@proxy1": "3 0+0x10"},
+        3,
+        {**_peer(P1), "job": monitoring.HAPROXY_JOB, "proxy": "http"},
+        "0",
+    ),
+    (
+        "a backend with one server left",
+        "EdgekitBackendDown",
+        {"haproxy_backend_active_servers@proxy1": "3 1+0x10"},
+        3,
+        None,
+        "",
+    ),
+    (
+        "peers' configs differ for 20 minutes",
+        "EdgekitConfigDrift",
+        {"hash@proxy2": "c" * 64},
+        20,
+        {"cluster": C},
+        "2",
+    ),
+    (
+        "a deploy stopped before it finished",
+        "EdgekitDeployPending",
+        {"edgekit_deploy_pending@proxy2": "0 1+0x30"},
+        20,
+        _peer(P2),
+        "1",
+    ),
+]
+
+
+def _rendered_rules() -> str:
+    loaded = load_inventory(EXAMPLE)
+    return {f.path: f for f in monitoring.render_monitoring(loaded)}[f"/{monitoring.RULES}"].content
+
+
+def _alerts(rules: str) -> dict[str, dict[str, Any]]:
+    return {
+        r["alert"]: r for g in yaml.safe_load(rules)["groups"] for r in g["rules"] if "alert" in r
+    }
+
+
+def test_promtool_accepts_the_rendered_rules(tmp_path: Path) -> None:
+    need_program("promtool")
+    rules = tmp_path / "edgekit-rules.yml"
+    rules.write_text(_rendered_rules())
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_alerts(rules.read_text()))} rules found" in result.stdout
+
+
+def test_every_alert_fires_when_it_should_and_stays_quiet_when_healthy(tmp_path: Path) -> None:
+    need_program("promtool")
+    text = _rendered_rules()
+    alerts = _alerts(text)
+    assert {row[1] for row in ALERT_CASES} == set(alerts), "a case per alert"
+    (tmp_path / "edgekit-rules.yml").write_text(text)
+    tests: list[dict[str, Any]] = [
+        {  # a healthy pair: no alert at any time
+            "name": "healthy",
+            "interval": "1m",
+            "input_series": healthy(),
+            "alert_rule_test": [
+                {"eval_time": f"{t}m", "alertname": name, "exp_alerts": []}
+                for name in alerts
+                for t in (1, 12, 29)
+            ],
+        }
+    ]
+    for name, alert, override, minute, labels, value in ALERT_CASES:
+        expected = []
+        if labels is not None:
+            rule = alerts[alert]
+            all_labels = {**labels, **rule["labels"]}
+            expected = [
+                {
+                    "exp_labels": all_labels,
+                    "exp_annotations": {
+                        k: _expand(v, all_labels, value) for k, v in rule["annotations"].items()
+                    },
+                }
+            ]
+        tests.append(
+            {
+                "name": name,
+                "interval": "1m",
+                "input_series": healthy(override),
+                "alert_rule_test": [
+                    {"eval_time": f"{minute}m", "alertname": alert, "exp_alerts": expected}
+                ],
+            }
+        )
+    suite = tmp_path / "edgekit-rules.test.yml"
+    suite.write_text(yaml.safe_dump({"rule_files": ["edgekit-rules.yml"], "tests": tests}))
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(suite)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_example_scrape_jobs_are_a_valid_prometheus_config(tmp_path: Path) -> None:
+    need_program("promtool")
+    loaded = load_inventory(EXAMPLE)
+    files = {f.path: f for f in monitoring.render_monitoring(loaded)}
+    jobs = yaml.safe_load(files[f"/{monitoring.SCRAPE}"].content)
+    assert [j["job_name"] for j in jobs] == [monitoring.JOB, monitoring.HAPROXY_JOB]
+    stats = loaded.inventory.stats
+    for job in jobs:
+        targets = [t for c in job["static_configs"] for t in c["targets"]]
+        assert targets == [f"{p.address}:{stats.port}" for p in loaded.inventory.peers]
+        job["basic_auth"]["password_file"] = str(tmp_path / "password")
+    (tmp_path / "password").write_text("x\n")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"scrape_configs": jobs, "rule_files": ["rules.yml"]}))
+    (tmp_path / "rules.yml").write_text(_rendered_rules())
+    result = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
