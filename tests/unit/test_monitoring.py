@@ -16,6 +16,8 @@ import yaml
 from edgekit import monitoring, render
 from edgekit.inventory import load_inventory
 from edgekit.monitoring import exporter
+from edgekit.monitoring.dashboard import dashboard as build_dashboard
+from edgekit.monitoring.dashboard import metrics_queried
 from edgekit.monitoring.exporter import Config, Instance, KeepalivedInstance, Sample
 from tests.conftest import need_program
 
@@ -562,5 +564,50 @@ def test_the_example_scrape_jobs_are_a_valid_prometheus_config(tmp_path: Path) -
     (tmp_path / "rules.yml").write_text(_rendered_rules())
     result = subprocess.run(
         ["promtool", "check", "config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the Grafana dashboard ---------------------------------------------------------------
+
+
+def test_the_dashboard_parses_and_queries_only_known_metrics() -> None:
+    loaded = load_inventory(EXAMPLE)
+    files = {f.path: f for f in monitoring.render_monitoring(loaded)}
+    board = json.loads(files[f"/{monitoring.DASHBOARD}"].content)
+    assert board["uid"] == "edgekit" and board["panels"]
+    queried = metrics_queried(board)
+    ours = {n for n in queried if n.startswith("edgekit_")}
+    # Every edgekit_ metric it queries is one the exporter writes (the lab test checks
+    # haproxy's against a real scrape).
+    exposed = set(
+        re.findall(r"^# TYPE (\S+)", exporter.format_metrics(CONFIG, healthy_master()), re.M)
+    )
+    assert ours and ours <= exposed, ours - exposed
+    assert queried - ours, "haproxy's metrics too"
+    titles = {p["title"] for p in board["panels"]}
+    assert {"VIP holders", "VRRP state per peer", "Backend servers up"} <= titles
+    for panel in board["panels"]:
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+        ids = [t["refId"] for t in panel["targets"]]
+        assert len(ids) == len(set(ids))
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each query (as a recording rule): a typo fails here."""
+    need_program("promtool")
+    board = build_dashboard("boston-edge")
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    rules = [
+        {
+            "record": f"edgekit:dashboard:{i}",
+            "expr": e.replace("$__rate_interval", "1m").replace("$cluster", "x"),
+        }
+        for i, e in enumerate(exprs)
+    ]
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
