@@ -366,10 +366,15 @@ def manifest(
 
 def write_tree(loaded: Loaded, out: Path) -> dict[str, object]:
     """Write DIR/<peer>/<path> for every file, DIR/_nodes/ (the nodes' NodePort fence, for
-    their operators) and DIR/manifest.json; return the manifest."""
+    their operators), DIR/_monitoring/ (Prometheus rules and scrape jobs, a Grafana
+    dashboard) and DIR/manifest.json; return the manifest."""
+    from edgekit import monitoring  # it builds on this module
+
     files = render_all(loaded)
     nodes = render_nodes(loaded)
-    trees = {**files, firewall.NODES_DIR: nodes}  # "_nodes" cannot be a peer's name
+    watch = monitoring.render_monitoring(loaded)
+    # "_nodes" and "_monitoring" cannot be a peer's name.
+    trees = {**files, firewall.NODES_DIR: nodes, monitoring.MONITORING_DIR: watch}
     for peer, peer_files in trees.items():
         for f in peer_files:
             target = out / peer / f.path.lstrip("/")
@@ -382,6 +387,10 @@ def write_tree(loaded: Loaded, out: Path) -> dict[str, object]:
                 fh.write(f.content)
             target.chmod(f.mode)
     data = manifest(loaded, files, nodes)
+    data["monitoring"] = {
+        "dir": monitoring.MONITORING_DIR,
+        "files": [f.manifest_entry() for f in watch],
+    }
     (out / "manifest.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
 

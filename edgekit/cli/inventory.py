@@ -188,7 +188,8 @@ def render_cmd(
     ),
     json_out: Json = False,
 ) -> None:
-    """Write DIR/<peer>/... with every file as it will sit on the host, plus DIR/manifest.json."""
+    """Write DIR/<peer>/... with every file as it will sit on the host, DIR/_nodes/ (the
+    nodes' NodePort fence), DIR/_monitoring/ (Prometheus and Grafana) and DIR/manifest.json."""
     if output.exists() and not output.is_dir():
         raise InputError(
             f"{output}: exists and is not a directory",
@@ -208,5 +209,6 @@ def render_cmd(
     else:
         note(
             f"rendered {len(loaded.inventory.peers)} peers into {output}/ "
-            f"(manifest: {output / 'manifest.json'})"
+            f"(manifest: {output / 'manifest.json'}; Prometheus and Grafana: "
+            f"{output / '_monitoring'}/)"
         )

@@ -19,6 +19,7 @@ from edgekit.monitoring import exporter
 from edgekit.monitoring.dashboard import dashboard as build_dashboard
 from edgekit.monitoring.dashboard import metrics_queried
 from edgekit.monitoring.exporter import Config, Instance, KeepalivedInstance, Sample
+from tests.cli import run
 from tests.conftest import need_program
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -611,3 +612,29 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
         ["promtool", "check", "rules", str(path)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- edgekit render -o DIR ----------------------------------------------------------------
+
+
+def test_render_writes_the_monitoring_files_under_monitoring(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("render", "-i", str(EXAMPLE), "-o", str(out), "--json")
+    assert result.exit_code == 0, result.stderr
+    base = out / monitoring.MONITORING_DIR
+    for rel in (monitoring.RULES, monitoring.SCRAPE, monitoring.DASHBOARD, "README.md"):
+        assert (base / rel).is_file(), rel
+    yaml.safe_load((base / monitoring.RULES).read_text())
+    json.loads((base / monitoring.DASHBOARD).read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["monitoring"]["dir"] == monitoring.MONITORING_DIR
+    listed = {e["path"] for e in manifest["monitoring"]["files"]}
+    assert listed == {
+        f"/{monitoring.RULES}",
+        f"/{monitoring.SCRAPE}",
+        f"/{monitoring.DASHBOARD}",
+        "/README.md",
+    }
+    # The exporter itself is one of each peer's files.
+    assert (out / "proxy1" / monitoring.EXPORTER_PATH.lstrip("/")).is_file()
+    assert json.loads(result.stdout)["monitoring"] == manifest["monitoring"]

@@ -672,6 +672,7 @@ def test_render_command_writes_the_tree_the_manifest_describes(path: Path, tmp_p
     listed = set()
     trees = [(peer, entries) for peer, entries in manifest["peers"].items()]
     trees.append((manifest["nodes"]["dir"], manifest["nodes"]["files"]))  # the node fence
+    trees.append((manifest["monitoring"]["dir"], manifest["monitoring"]["files"]))
     for peer, entries in trees:
         for entry in entries:
             target = out / peer / entry["path"].lstrip("/")
