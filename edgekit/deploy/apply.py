@@ -330,7 +330,9 @@ def _load_firewall(
             return f"`systemctl daemon-reload` failed: {result.last_line()}"
     outcome = fw_load.load_confirmed(
         host,
-        _restore_script(deploy_id),
+        # If the host restores itself, it also clears the pending mark and the backup:
+        # nothing of this deploy is left for status to report.
+        _restore_script(deploy_id) + "\n" + finish_script(deploy_id, applied=False),
         progress,
         window=timing.firewall_window_s,
         reconnect=timing.firewall_reconnect_s,

@@ -31,9 +31,20 @@ LAB_PROGRAMS = ("systemd-nspawn", "debootstrap", "nsenter", "ip", "ssh", "ssh-ke
 _shared: dict[str, object] = {}
 
 
+# The shared lab's first users: they check refusals and a first deploy's diff, so they
+# need the lab as `lab up` made it (nothing deployed, no firewall loaded yet).
+PRISTINE_FIRST = ("test_edge.py",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Stable sort: tests using lab_cycle first, everything else keeps its order.
-    items.sort(key=lambda item: 0 if "lab_cycle" in getattr(item, "fixturenames", ()) else 1)
+    # Stable sort: tests using lab_cycle first, then those that need a pristine shared
+    # lab, everything else in its order.
+    def rank(item: pytest.Item) -> int:
+        if "lab_cycle" in getattr(item, "fixturenames", ()):
+            return 0
+        return 1 if item.path.name in PRISTINE_FIRST else 2
+
+    items.sort(key=rank)
 
 
 def need_lab_prerequisites() -> None:
