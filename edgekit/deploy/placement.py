@@ -10,6 +10,13 @@ it kept serving until then (about 3 adverts). Then the file goes and keepalived 
 again, so nopreempt holds as before. A VIP never moves while the preferred peer is not
 healthy.
 
+Connections open on the old holder at the move would break: their next packets reach
+the new holder, which has no socket for them and resets them (about one move in twelve
+failed a request in the lab, at 25 requests a second). So for the move and HANDOVER_S
+after it the old holder keeps the VIP as a local route (it serves them to the end, and
+answers no ARP for it), and the new holder passes each packet of a TCP connection it does
+not know on to the old holder (nft `dup`, then drop).
+
 Stopping keepalived on the holder instead would move the VIP too, but break-before-make:
 the holder drops the VIP before the other takes it (2 of 200 requests failed in the lab).
 """
