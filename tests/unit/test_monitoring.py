@@ -14,6 +14,9 @@ import pytest
 import yaml
 
 from edgekit import monitoring, render
+from edgekit.deploy.apply import service_actions
+from edgekit.deploy.plan import plan_host
+from edgekit.facts import UNITS, HostFacts, LiveFile
 from edgekit.inventory import load_inventory
 from edgekit.monitoring import exporter
 from edgekit.monitoring.dashboard import dashboard as build_dashboard
@@ -638,3 +641,30 @@ def test_render_writes_the_monitoring_files_under_monitoring(tmp_path: Path) -> 
     # The exporter itself is one of each peer's files.
     assert (out / "proxy1" / monitoring.EXPORTER_PATH.lstrip("/")).is_file()
     assert json.loads(result.stdout)["monitoring"] == manifest["monitoring"]
+
+
+def test_a_new_exporter_reloads_haproxy_and_nothing_else() -> None:
+    loaded = load_inventory(EXAMPLE)
+    files = render.render_all(loaded)["proxy1"]
+    facts = HostFacts(
+        os_id="debian",
+        packages={"haproxy": True, "keepalived": True},
+        units={u: ("active", "enabled") for u in UNITS},
+    )
+    facts.files = {f.path: LiveFile(f.path, f.content, f.mode, f.owner) for f in files}
+    old = facts.files[monitoring.EXPORTER_PATH]
+    facts.files[old.path] = LiveFile(old.path, "# an older exporter\n", old.mode, old.owner)
+    plan = plan_host("proxy1", files, facts)
+    assert plan.paths() == [monitoring.EXPORTER_PATH]
+    assert service_actions(plan, facts.units) == ["systemctl reload haproxy"]
+    # A first deploy of the exporter: the unit files need a daemon-reload, no restart;
+    # exporter.json is filed under keepalived (what it is made of is keepalived.conf's
+    # too, so later it never adds a reload): this once, keepalived reloads for it.
+    for path in (monitoring.UNIT_PATH, monitoring.HAPROXY_DROPIN, monitoring.CONFIG_PATH):
+        facts.files[path] = LiveFile(path, None)
+    plan = plan_host("proxy1", files, facts)
+    assert service_actions(plan, facts.units) == [
+        "systemctl daemon-reload",
+        "systemctl reload haproxy",
+        "systemctl reload keepalived",
+    ]
