@@ -178,6 +178,9 @@ def test_prometheus_sees_what_status_sees_and_the_haproxy_down_failover(
     # The VIP moved, as Prometheus saw it, and keepalived counted the transitions.
     new = [p for p in peers if p != old]
     prometheus.wait("edgekit_vip_held == 1", {new[0]: 1.0})
+    # haproxy is back on the old holder (failover-test restored it), and with it the
+    # exporter it upholds.
+    prometheus.wait(f'up{{job="{monitoring.JOB}"}}', {p: 1.0 for p in peers})
     after = status(lab)
     assert lab.vip in after[new[0]]["vips"] and lab.vip not in after[old]["vips"]
     deadline = time.monotonic() + 30
@@ -190,6 +193,14 @@ def test_prometheus_sees_what_status_sees_and_the_haproxy_down_failover(
     # expression), and it held the VIP at some point in the window, the new one now.
     assert prometheus.values(f'min_over_time(up{{job="{monitoring.JOB}"}}[5m])')[old] == 0
     assert prometheus.values("max_over_time(edgekit_vip_held[5m])") == {p: 1.0 for p in peers}
+    run = json.loads(result.stdout)["scenarios"][0]
+    scrape = prometheus.values(f'scrape_duration_seconds{{job="{monitoring.JOB}"}}')
+    print(  # the figures README's Monitoring section quotes (pytest -s)
+        f"monitoring: holder {old} -> {new[0]}; transitions {transitions_before:g} -> "
+        f"{sum(prometheus.values('edgekit_vrrp_transitions_total').values()):g}; "
+        f"increase {increase}; failover outage_s {run['outage_s']}; "
+        f"exporter scrape_s {max(scrape.values()):.3f}"
+    )
 
 
 def lab_cluster(lab: Any) -> str:
