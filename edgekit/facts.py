@@ -10,12 +10,19 @@ from enum import StrEnum
 
 from edgekit import firewall
 from edgekit.remote.scripts import script
-from edgekit.render import HAPROXY_CFG, STATE_DIR
+from edgekit.render import HAPROXY_CFG, PLACEMENT_DIR, STATE_DIR
 
 PACKAGES = ("haproxy", "keepalived")
 UNITS = ("haproxy", "keepalived")
 FIREWALL_STATE_DIR = "/var/lib/edgekit"
 ROLLED_BACK_MARKER = f"{FIREWALL_STATE_DIR}/firewall-rolled-back"
+# The commit-confirmed firewall load's rollback: a timer unit, or a sleeping fallback.
+ROLLBACK_UNIT = "edgekit-fw-rollback"
+ROLLBACK_PID = f"{FIREWALL_STATE_DIR}/firewall-rollback.pid"
+# The host's deploy lock (edgekit.deploy.lock): under /run, which only root may write.
+DEPLOY_LOCK = "/run/edgekit-deploy.lock"
+# What a VIP move sets up for a moment (edgekit.deploy.placement; PLACEMENT_DIR too).
+HANDOVER_DIR = f"{STATE_DIR}/handover"
 # Deploy state on each host. BACKUP_ROOT holds one directory per running deploy.
 # PENDING ("DEPLOY-ID UNIT...") exists from just before the install until the host is
 # healthy on the new files: a deploy that stopped in between left those units running
@@ -25,7 +32,8 @@ PENDING = f"{FIREWALL_STATE_DIR}/pending"
 APPLIED = f"{FIREWALL_STATE_DIR}/applied"
 # What a haproxy reload or restart reads; the newest of their mtimes is compared with
 # the start of haproxy's newest process.
-HAPROXY_FILES = (HAPROXY_CFG, "/etc/default/haproxy")
+HAPROXY_ENV = "/etc/default/haproxy"
+HAPROXY_FILES = (HAPROXY_CFG, HAPROXY_ENV)
 
 
 class TableState(StrEnum):
@@ -88,6 +96,10 @@ class HostFacts:
     nr_open: int | None = None  # fs.nr_open: the most files one process may open
     pending_deploy: str = ""  # the id of a deploy that stopped before it finished here
     pending_units: list[str] = field(default_factory=list)  # units it had not reloaded
+    pending_restart: list[str] = field(default_factory=list)  # ... that need a restart
+    deploy_running: str = ""  # the holder of the host's deploy lock, while one runs
+    haproxy_master_started: int | None = None  # the master's start (a reload keeps it)
+    haproxy_env_mtime: int | None = None  # /etc/default/haproxy (read only at start)
     applied: str = ""  # "DEPLOY-ID TIME" of the last deploy that finished here
     haproxy_cfg_mtime: int | None = None  # the newest of HAPROXY_FILES (epoch s)
     haproxy_started: int | None = None  # the newest haproxy process's start (epoch s)
@@ -106,13 +118,28 @@ class HostFacts:
         workers; to the second). keepalived reloads in place, so only a pending mark (a
         deploy stopped before it finished) says so; haproxy too when its times are
         unknown."""
-        stale = set(self.pending_units)
+        return list(self.stale_actions())
+
+    def stale_actions(self) -> dict[str, str]:
+        """stale_units() with what each needs: "restart" where the change is in the
+        unit's environment (/etc/default/haproxy: the master reads it only at start, a
+        reload keeps the master), else "reload"."""
+        stale = {
+            u: "restart" if u in self.pending_restart else "reload" for u in self.pending_units
+        }
         running = self.units.get("haproxy", ("",))[0] == "active"
         if self.haproxy_started is not None and self.haproxy_cfg_mtime is not None:
-            stale.discard("haproxy")
+            stale.pop("haproxy", None)
             if running and self.haproxy_started < self.haproxy_cfg_mtime:
-                stale.add("haproxy")
-        return [u for u in UNITS if u in stale]
+                stale["haproxy"] = "reload"
+            if (
+                running
+                and self.haproxy_master_started is not None
+                and self.haproxy_env_mtime is not None
+                and self.haproxy_master_started < self.haproxy_env_mtime
+            ):
+                stale["haproxy"] = "restart"
+        return {u: stale[u] for u in UNITS if u in stale}
 
 
 def firewall_command(compare: bool) -> str:
@@ -145,8 +172,16 @@ def gather_command(paths: list[str]) -> str:
         applied=APPLIED,
         backup_root=BACKUP_ROOT,
         haproxy_files=HAPROXY_FILES,
+        haproxy_env=HAPROXY_ENV,
+        deploy_lock=DEPLOY_LOCK,
+        leftover_dirs=[PLACEMENT_DIR, HANDOVER_DIR],
+        rollback_pid=ROLLBACK_PID,
+        rollback_unit=ROLLBACK_UNIT,
         **_firewall_values(firewall.RULESET in paths),
     )
+
+
+TIMES = ("haproxy_cfg_mtime", "haproxy_started", "haproxy_master_started", "haproxy_env_mtime")
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -212,10 +247,15 @@ def parse_facts(text: str) -> HostFacts:
         if key == "pending":
             deploy_id, *units = value.split() or ["?"]
             facts.pending_deploy = deploy_id if deploy_id else "?"
-            facts.pending_units = [u for u in units if u in UNITS]
+            # "haproxy" (reload) or "haproxy:restart"
+            pairs = [u.partition(":")[::2] for u in units]
+            facts.pending_units = [u for u, _ in pairs if u in UNITS]
+            facts.pending_restart = [u for u, verb in pairs if u in UNITS and verb == "restart"]
+        elif key == "running":
+            facts.deploy_running = value or "holder unknown"
         elif key == "applied":
             facts.applied = value
-        elif key in ("haproxy_cfg_mtime", "haproxy_started") and value.isdigit():
+        elif key in TIMES and value.isdigit():
             setattr(facts, key, int(value))
         elif key == "leftover" and value:
             facts.leftovers.append(value)

@@ -43,6 +43,7 @@ class PeerStatus:
     # reloaded them), and what a stopped deploy left behind (staging holds secrets).
     stale: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    deploy_running: str = ""  # who holds the host's deploy lock now
 
 
 STALE_CONFIG = {"haproxy": HAPROXY_CFG, "keepalived": KEEPALIVED_CONF}
@@ -106,6 +107,7 @@ def peer_status(loaded: Loaded, host: Transport, wanted: dict[str, str]) -> Peer
     st.firewall = firewall_state(loaded, facts.firewall)
     st.stale = facts.stale_units()
     st.leftovers = facts.leftovers
+    st.deploy_running = facts.deploy_running
     if st.haproxy_up:
         result = host.run(SHOW_STAT, sudo=True, timeout=15)
         if result.ok:
@@ -166,6 +168,10 @@ def verdict(loaded: Loaded, peers: list[PeerStatus]) -> tuple[dict[str, list[str
             problems.append(f"{p.name}: {', '.join(f'{i} {p.vrrp[i]}' for i in faults)}")
         if p.drift:
             problems.append(f"drift on {p.name}: {', '.join(p.drift)}")
+        if p.deploy_running:
+            # What a running deploy has under way is neither stale nor left behind.
+            problems.append(f"{p.name}: a deploy is running ({p.deploy_running})")
+            continue
         for unit in p.stale:
             problems.append(
                 f"{p.name}: {unit} runs an older config than {STALE_CONFIG[unit]} "

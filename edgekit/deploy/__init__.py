@@ -20,8 +20,15 @@ from edgekit.deploy import lock as deploy_lock
 from edgekit.deploy import placement
 from edgekit.deploy.apply import ApplyError, Timing, apply_host, converge_host, sweep
 from edgekit.deploy.plan import HostPlan, plan_host
-from edgekit.errors import InputError, OperationError
-from edgekit.facts import HostFacts, TableState
+from edgekit.errors import EdgekitError, InputError, OperationError
+from edgekit.facts import (
+    HANDOVER_DIR,
+    PLACEMENT_DIR,
+    ROLLBACK_PID,
+    ROLLBACK_UNIT,
+    HostFacts,
+    TableState,
+)
 from edgekit.hosts import gather, in_parallel
 from edgekit.inventory import Loaded, maxconn_refusal
 from edgekit.net import tcp_answers
@@ -56,8 +63,11 @@ class DeployPlan:
 
     def stale(self, name: str) -> list[str]:
         """Units on `name` that run older configs than its installed ones (a deploy
-        stopped before it reloaded them): the apply reloads them."""
-        return self.facts[name].stale_units() if name in self.facts else []
+        stopped before it reloaded them): the apply reloads or restarts them."""
+        return list(self.stale_actions(name))
+
+    def stale_actions(self, name: str) -> dict[str, str]:
+        return self.facts[name].stale_actions() if name in self.facts else {}
 
     def touches(self, name: str) -> bool:
         return (
@@ -289,9 +299,9 @@ def apply(
             for name in order:
                 host_plan = the_plan.hosts[name]
                 action = the_plan.firewall.get(name)
-                stale = the_plan.stale(name)
+                stale = the_plan.stale_actions(name)
                 progress(f"{name}: applying ({len(host_plan.changes)} file(s) differ)")
-                sweep(hosts[name], progress)
+                _clean_up_stopped(hosts[name], the_plan.facts[name], progress)
                 if host_plan.changed:
                     apply_host(
                         hosts[name],
@@ -310,7 +320,7 @@ def apply(
                 elif stale or the_plan.unfinished(name):
                     progress(
                         f"{name}: converging after a stopped deploy"
-                        + (f" (reload {', '.join(stale)})" if stale else "")
+                        + "".join(f" ({verb} {unit})" for unit, verb in stale.items())
                     )
                     converge_host(
                         hosts[name],
@@ -339,14 +349,35 @@ def apply(
         answers or (lambda address, port: tcp_answers(address, port, timeout=3.0)),
     )
     if report.error is None:
-        report.error = placement.place_vips(
-            the_plan.loaded, hosts, progress, timing.verify_s, moved=report.moved
-        )
+        try:
+            report.error = placement.place_vips(
+                the_plan.loaded, hosts, progress, timing.verify_s, moved=report.moved
+            )
+        except EdgekitError as exc:  # a busy lock, a failed restore: in the report too
+            report.error = str(exc)
         if report.moved:
             report.holders = vip_holders(
                 the_plan.loaded, in_parallel(hosts, lambda h: gather(h, []))
             )
     return report
+
+
+def _clean_up_stopped(host: Transport, facts: HostFacts, progress: Progress) -> None:
+    """Holding the host's lock: finish what a stopped deploy left running. Its firewall
+    rollback timer would otherwise fire under this deploy (restoring a ruleset older
+    than the files), and a VIP move's preempt or handover would outlive it."""
+    left = set(facts.leftovers)
+    if {f"{ROLLBACK_UNIT}.timer", ROLLBACK_PID} & left:
+        # This deploy reached the host over a new connection: the firewall in place
+        # admits it, which is what the stopped deploy would have confirmed.
+        said = host.check(
+            fw_load.cancel_script(), "cancelling a stopped deploy's rollback", sudo=True
+        )
+        progress(f"{host.name}: a stopped deploy's firewall rollback: {said.stdout.strip()}")
+    if {PLACEMENT_DIR, HANDOVER_DIR} & left:
+        host.check(placement.restore_script(), "undoing a stopped VIP move", sudo=True)
+        progress(f"{host.name}: undid a stopped deploy's VIP move (preempt, handover)")
+    sweep(host, progress)
 
 
 def _remove_firewall(host: Transport, progress: Progress) -> None:

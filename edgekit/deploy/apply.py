@@ -134,12 +134,29 @@ def sweep(host: Transport, progress: Progress) -> None:
         progress(f"{host.name}: removed what a stopped deploy left: {', '.join(paths)}")
 
 
-def _reload_actions(units: list[str], facts_units: dict[str, tuple[str, str]]) -> list[str]:
-    """Make running units read the files already installed (a stopped deploy's)."""
+def _reload_actions(stale: dict[str, str], facts_units: dict[str, tuple[str, str]]) -> list[str]:
+    """Make running units read the files already installed (a stopped deploy's):
+    unit -> "reload" or "restart"; a unit that is not running is started."""
     return [
-        f"systemctl {'reload' if facts_units.get(u, ('',))[0] == 'active' else 'start'} {u}"
-        for u in units
+        f"systemctl {verb if facts_units.get(u, ('',))[0] == 'active' else 'start'} {u}"
+        for u, verb in stale.items()
     ]
+
+
+def _with_stale(
+    actions: list[str], stale: dict[str, str], facts_units: dict[str, tuple[str, str]]
+) -> list[str]:
+    """`actions` plus what the stale units need; a reload the plan wanted becomes a
+    restart where a stale unit needs one."""
+    out = list(actions)
+    for unit, verb in stale.items():
+        mine = [a for a in out if a in (f"systemctl reload {unit}", f"systemctl restart {unit}")]
+        if mine:
+            if verb == "restart":
+                out[out.index(mine[0])] = f"systemctl restart {unit}"
+        elif f"systemctl start {unit}" not in out:
+            out += _reload_actions({unit: verb}, facts_units)
+    return out
 
 
 def service_actions(plan: HostPlan, facts_units: dict[str, tuple[str, str]]) -> list[str]:
@@ -205,14 +222,14 @@ def apply_host(
     firewall_load: bool = False,
     timing: Timing | None = None,
     deploy_id: str = "manual",
-    stale: list[str] | None = None,
+    stale: dict[str, str] | None = None,
 ) -> ApplyResult:
     """Apply the plan made from `facts`. `firewall_load`: (re)load the firewall although
     its files did not change (the loaded table differs from them, or its unit is not
     running). `stale`: units that run older configs than the installed ones (a stopped
-    deploy's), reloaded as well."""
+    deploy's), unit -> "reload" or "restart", done as well."""
     timing = timing or Timing()
-    stale = stale or []
+    stale = stale or {}
     units = dict(facts.units)
     expected = {
         f.path: live_hash(facts.files[f.path].content if f.path in facts.files else None)
@@ -227,10 +244,13 @@ def apply_host(
             for ln in refreshed.stdout.splitlines()
             if len(ln.split()) == 3
         }
-    actions = service_actions(plan, units)
-    touched = [u for u in RELOADED if u in plan.services_touched() or u in plan.start_units]
-    actions += _reload_actions([u for u in stale if u not in touched], units)
-    pending_units = sorted(set(touched) | set(stale))
+    actions = _with_stale(service_actions(plan, units), stale, units)
+    # What the pending mark names: each unit this apply must reload or restart.
+    pending_units = [
+        f"{u}:restart" if f"systemctl restart {u}" in actions else u
+        for u in RELOADED
+        if any(a.endswith(f" {u}") and not a.startswith("systemctl enable") for a in actions)
+    ]
     load_fw = firewall_load or bool({firewall.RULESET, firewall.UNIT_PATH} & set(plan.paths()))
     stage = _stage(host, files)
     try:
@@ -289,7 +309,7 @@ def apply_host(
 
 def converge_host(
     host: Transport,
-    stale: list[str],
+    stale: dict[str, str],
     facts: HostFacts,
     instances: list[str],
     stats_port: int,
@@ -355,7 +375,7 @@ def _rollback(
     firewall_loaded: bool = False,
 ) -> None:
     progress(f"{host.name}: rolling back to the previous files")
-    host.run(_restore_script(deploy_id), sudo=True)
+    restored = host.run(_restore_script(deploy_id), sudo=True)
     touched = plan.services_touched()
     paths = set(plan.paths())
     cmds = ["systemctl daemon-reload"] if "systemd" in touched else []
@@ -367,6 +387,12 @@ def _rollback(
         # The old files were serving before; bring the unit back to them.
         verb = "restart" if f"/etc/default/{unit}" in paths else "reload"
         cmds.append(script("unit-back", unit=unit, verb=verb, conf=conf))
-    cmds.append(finish_script(deploy_id, applied=False))
+    if restored.ok:
+        cmds.append(finish_script(deploy_id, applied=False))
+    else:  # keep the backup (the only copy of the old files) and the pending mark
+        progress(
+            f"{host.name}: restoring the previous files failed ({restored.last_line()}); "
+            f"the backup stays in {backup_dir(deploy_id)}"
+        )
     for cmd in cmds:
         host.run(cmd, sudo=True, timeout=60)

@@ -21,17 +21,22 @@ from dataclasses import dataclass
 
 from edgekit import firewall
 from edgekit.errors import EdgekitError
-from edgekit.facts import FIREWALL_STATE_DIR, ROLLED_BACK_MARKER, FirewallFacts, TableState
+from edgekit.facts import (
+    FIREWALL_STATE_DIR,
+    ROLLBACK_PID,
+    ROLLBACK_UNIT,
+    ROLLED_BACK_MARKER,
+    FirewallFacts,
+    TableState,
+)
 from edgekit.inventory.model import Inventory
 from edgekit.progress import Progress, wait_until
 from edgekit.remote import HostError, Transport
 from edgekit.remote.scripts import script
 from edgekit.render import RenderedFile
 
-ROLLBACK_UNIT = "edgekit-fw-rollback"
 PREVIOUS = f"{FIREWALL_STATE_DIR}/firewall.prev.nft"
 ROLLBACK_SCRIPT = f"{FIREWALL_STATE_DIR}/firewall-rollback"
-ROLLBACK_PID = f"{FIREWALL_STATE_DIR}/firewall-rollback.pid"
 WINDOW_S = 30.0  # the host restores the previous firewall this long after arming
 RECONNECT_S = 15.0  # deploy's time to open a new SSH connection; well inside the window
 # TEST ONLY: makes the ruleset deploy loads drop this machine's own address, ahead of

@@ -18,11 +18,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from edgekit.errors import OperationError
+from edgekit.errors import InputError, OperationError
+from edgekit.facts import DEPLOY_LOCK
 from edgekit.remote import Held, HostError, Transport
 from edgekit.remote.scripts import script
 
-HOST_LOCK = "/run/lock/edgekit-deploy.lock"
+HOST_LOCK = DEPLOY_LOCK  # under /run: only root may create it
 BUSY_EXIT = 75  # EX_TEMPFAIL: the lock script's exit code when another deploy holds it
 
 
@@ -43,7 +44,13 @@ def _local_path(cluster: str) -> Path:
 def local_lock(cluster: str) -> Iterator[None]:
     """This machine's lock for `cluster`; OperationError naming the holder if taken."""
     path = _local_path(cluster)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise InputError(
+            f"cannot open the deploy lock {path}: {exc.strerror}",
+            hint="set XDG_RUNTIME_DIR to a directory of your own",
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,11 +72,19 @@ def lock_command(who: str) -> str:
 
 
 def take(host: Transport, who: str) -> Held:
-    """The host's deploy lock; OperationError naming who holds it when it is taken."""
-    held = host.hold(lock_command(who))
+    """The host's deploy lock, held on a connection of its own (nothing else closes it
+    by accident); OperationError naming who holds it when it is taken."""
+    own = host.reopen(30.0)
+    held = own.hold(lock_command(who))
     if held.first_line == "locked":
-        return held
+
+        def release() -> None:
+            held.release()
+            own.close()
+
+        return Held(held.first_line, release)
     held.release()
+    own.close()
     busy = held.first_line.removeprefix("busy").strip()
     if held.first_line.startswith("busy"):
         raise HostError(

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from edgekit.deploy import lock as deploy_lock
 from edgekit.deploy.apply import wait_healthy
 from edgekit.errors import EdgekitError
-from edgekit.facts import HostFacts
+from edgekit.facts import HANDOVER_DIR, HostFacts
 from edgekit.hosts import gather, in_parallel
 from edgekit.inventory import Loaded
 from edgekit.progress import Progress, wait_until
 from edgekit.remote import Transport
 from edgekit.remote.scripts import script
-from edgekit.render import PLACEMENT_DIR, STATE_DIR, interface_of
+from edgekit.render import PLACEMENT_DIR, interface_of
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,6 @@ class Move:
 # The handover: for a moment after a move the old holder still serves the connections it
 # had accepted (a local route for the VIP, no ARP answers for it), and the new holder
 # passes on the packets of connections it does not know.
-HANDOVER_DIR = f"{STATE_DIR}/handover"
 HANDOVER_TABLE = "edgekit_handover"
 HANDOVER_METRIC = 1025  # our local routes; the kernel's own have metric 0
 HANDOVER_S = 2.0  # how long the old holder finishes its connections after the move

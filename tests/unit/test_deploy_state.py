@@ -131,7 +131,7 @@ def test_a_successful_apply_marks_pending_before_install_and_applied_after_healt
         # The per-deploy backup goes with the finish; leftovers are swept first.
         finish = host.commands()[host.index(RECORD)]
         assert f"rm -rf {BACKUP_ROOT}/" in finish and f"rm -f {PENDING}" in finish
-        assert host.index(r"/run/edgekit-stage\.\*") < host.index(INSTALL)
+        assert host.index(r"rm -rf \"\$d\"") < host.index(INSTALL)
 
 
 def test_each_deploy_backs_up_into_its_own_directory(tmp_path: Path) -> None:
@@ -214,3 +214,75 @@ def test_a_pending_mark_after_a_reload_that_happened_only_records_the_host(
     report = apply_all(tmp_path, hosts)
     assert report.error is None
     assert hosts["proxy2"].ran(RECORD) and not hosts["proxy2"].ran(r"^systemctl reload")
+
+
+def test_a_password_change_a_stopped_deploy_installed_is_converged_by_a_restart(
+    tmp_path: Path,
+) -> None:
+    # /etc/default/haproxy (the stats password) is newer than haproxy's master: a reload
+    # would keep the master and the old password, so only a restart converges it.
+    lines = [
+        "pending 20261203T070000Z-99 haproxy:restart",
+        "haproxy_cfg_mtime 1000",
+        "haproxy_started 1001",
+        "haproxy_env_mtime 1000",
+        "haproxy_master_started 900",
+    ]
+    hosts = up_to_date(tmp_path, proxy2=lines)
+    plan = deploy.plan(simhost.inventory(tmp_path), dict(hosts))
+    assert plan.stale_actions("proxy2") == {"haproxy": "restart"}
+    report = apply_all(tmp_path, hosts)
+    assert report.error is None
+    assert hosts["proxy2"].ran(r"^systemctl restart haproxy$")
+    assert not hosts["proxy2"].ran(r"^systemctl reload haproxy$")
+
+
+def test_a_master_older_than_its_environment_file_is_stale_without_a_mark() -> None:
+    lines = ["haproxy_cfg_mtime 1000", "haproxy_started 1001"]
+    for master, env, want in ((900, 1000, {"haproxy": "restart"}), (1000, 1000, {})):
+        extra = [f"haproxy_master_started {master}", f"haproxy_env_mtime {env}"]
+        text = simhost.facts_text("10.10.0.11", holds_vip=False, files={}, deploy=lines + extra)
+        assert parse_facts(text).stale_actions() == want
+
+
+def test_a_failed_restore_keeps_the_backup_and_the_pending_mark(tmp_path: Path) -> None:
+    hosts = simhost.cluster()
+    p2 = hosts["proxy2"]
+    p2.on(r"^systemctl (reload|restart) haproxy$", exit_code=1, stderr="failed")
+    p2.on(r"\.edgekit-old", exit_code=1, stderr="cp: No space left on device")
+    report = apply_all(tmp_path, hosts)
+    assert report.failed == "proxy2"
+    assert not p2.ran(rf"rm -f {PENDING}")  # the mark stays: the next deploy converges
+
+
+def test_a_stopped_deploys_armed_rollback_and_vip_move_are_undone_under_the_lock(
+    tmp_path: Path,
+) -> None:
+    from edgekit.facts import HANDOVER_DIR, ROLLBACK_UNIT
+
+    hosts = up_to_date(
+        tmp_path,
+        proxy2=[f"leftover {ROLLBACK_UNIT}.timer", f"leftover {HANDOVER_DIR}"],
+    )
+    hosts["proxy2"].on(r"systemctl stop edgekit-fw-rollback\.timer", stdout="cancelled\n")
+    report = apply_all(tmp_path, hosts)
+    assert report.error is None
+    p2 = hosts["proxy2"]
+    cancel = p2.index(r"systemctl stop edgekit-fw-rollback\.timer")
+    undo = p2.index(r"nft delete table ip edgekit_handover")
+    assert p2.index(r"flock -n 9") < cancel < p2.index(r"rm -rf \"\$d\"")
+    assert undo < p2.index(RECORD)
+
+
+def test_status_during_a_running_deploy_names_it_instead_of_leftovers(tmp_path: Path) -> None:
+    hosts = up_to_date(
+        tmp_path,
+        proxy2=[
+            "running ops@ws2 pid 4242 since 2026-12-03T07:00:00Z",
+            "pending 20261203T070000Z-4242 haproxy",
+            "leftover /run/edgekit-stage.Ab1",
+        ],
+    )
+    status = cluster_status(simhost.inventory(tmp_path), dict(hosts))
+    mine = [p for p in status.problems if p.startswith("proxy2")]
+    assert mine == ["proxy2: a deploy is running (ops@ws2 pid 4242 since 2026-12-03T07:00:00Z)"]

@@ -293,3 +293,37 @@ def test_install_then_restore_puts_back_files_whose_names_need_quoting(tmp_path:
     restored = run(scripts.script("restore", backup_dir=str(backup)))
     assert restored.returncode == 0, restored.stderr
     assert old.read_text() == "old\n" and not new.exists()
+
+
+def test_install_stops_at_the_first_file_it_cannot_copy(tmp_path: Path) -> None:
+    need_program("sh", "cp", "mv")
+    live, stage = tmp_path / "live", tmp_path / "stage"
+    first, second = live / "a.cfg", live / "b.cfg"
+    Path(f"{stage}{second}").parent.mkdir(parents=True)
+    Path(f"{stage}{second}").write_text("new b\n")  # the first one was never staged
+    text = scripts.script(
+        "install",
+        stage=str(stage),
+        paths=[str(first), str(second)],
+        expected=[],
+        backup_dir=str(tmp_path / "backup"),
+        changed_since_plan=17,
+        pending=str(tmp_path / "state" / "pending"),
+        deploy_id=DEPLOY_ID,
+        units="haproxy",
+    )
+    done = subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert not second.exists()  # it did not go on with the next file
+
+
+def test_restore_fails_when_a_file_cannot_be_put_back(tmp_path: Path) -> None:
+    need_program("sh", "cp", "mv", "find")
+    backup = tmp_path / "backup"
+    target = tmp_path / "gone" / "x.cfg"  # its directory is gone: cp cannot write
+    Path(f"{backup}{target}").parent.mkdir(parents=True)
+    Path(f"{backup}{target}").write_text("old\n")
+    (backup / "ABSENT").write_text("")
+    text = scripts.script("restore", backup_dir=str(backup))
+    done = subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
