@@ -111,6 +111,14 @@ def _restore_script(deploy_id: str) -> str:
     return script("restore", backup_dir=backup_dir(deploy_id))
 
 
+def self_restore_script(deploy_id: str) -> str:
+    """What the host's own firewall rollback runs: put the files back and, if that
+    worked, clear the pending mark and the backup, so nothing of the deploy is left.
+    Each in a subshell of its own: the restore ends with `exit`."""
+    restore, finish = _restore_script(deploy_id), finish_script(deploy_id, applied=False)
+    return f"(\n{restore}\n) && (\n{finish}\n)"
+
+
 def finish_script(deploy_id: str, *, applied: bool) -> str:
     return script(
         "finish",
@@ -350,9 +358,7 @@ def _load_firewall(
             return f"`systemctl daemon-reload` failed: {result.last_line()}"
     outcome = fw_load.load_confirmed(
         host,
-        # If the host restores itself, it also clears the pending mark and the backup:
-        # nothing of this deploy is left for status to report.
-        _restore_script(deploy_id) + "\n" + finish_script(deploy_id, applied=False),
+        self_restore_script(deploy_id),
         progress,
         window=timing.firewall_window_s,
         reconnect=timing.firewall_reconnect_s,

@@ -5,6 +5,7 @@ facts and the firewall's commit-confirmed load render them, pass shellcheck as P
 from __future__ import annotations
 
 import base64
+import importlib
 import hashlib
 import re
 import subprocess
@@ -24,6 +25,7 @@ from edgekit.deploy.apply import (
     _stage,
     finish_script,
     health_command,
+    self_restore_script,
     sweep_script,
     validate_staged,
     wait_healthy,
@@ -127,7 +129,11 @@ CASES = [
     Case("unit-states", "unit-states", lambda: scripts.script("unit-states", units=facts.UNITS)),
     Case("unit-back", "unit-back", lambda: _sent(_roll_back, r"^if systemctl is-active")),
     Case("fw-restore-table", "fw-restore-table", confirm.restore_table_command),
-    Case("fw-rollback", "fw-rollback", lambda: confirm.rollback_script(_restore_script(DEPLOY_ID))),
+    Case(
+        "fw-rollback",
+        "fw-rollback",
+        lambda: confirm.rollback_script(self_restore_script(DEPLOY_ID)),
+    ),
     Case("fw-arm", "fw-arm", lambda: confirm.arm_script(_restore_script(DEPLOY_ID), window=30)),
     Case("fw-arm-short", "fw-arm", lambda: confirm.arm_script("true", window=0.2)),
     Case("fw-cancel", "fw-cancel", confirm.cancel_script),
@@ -327,3 +333,26 @@ def test_restore_fails_when_a_file_cannot_be_put_back(tmp_path: Path) -> None:
     text = scripts.script("restore", backup_dir=str(backup))
     done = subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
+
+
+def test_the_hosts_own_rollback_restores_then_clears_the_mark_and_the_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_program("sh", "cp", "mv", "find")
+    apply = importlib.import_module("edgekit.deploy.apply")  # the module, not deploy.apply()
+    root = tmp_path / "state"
+    monkeypatch.setattr(apply, "BACKUP_ROOT", str(root / "backup"))
+    monkeypatch.setattr(apply, "PENDING", str(root / "pending"))
+    monkeypatch.setattr(apply, "APPLIED", str(root / "applied"))
+    live = tmp_path / "live.cfg"
+    live.write_text("new\n")
+    backup = Path(apply.backup_dir(DEPLOY_ID))
+    Path(f"{backup}{live}").parent.mkdir(parents=True)
+    Path(f"{backup}{live}").write_text("old\n")
+    (backup / "ABSENT").write_text("")
+    (root / "pending").write_text(f"{DEPLOY_ID} haproxy\n")
+    text = self_restore_script(DEPLOY_ID)
+    done = subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert live.read_text() == "old\n"
+    assert not backup.exists() and not (root / "pending").exists()
