@@ -5,8 +5,8 @@ facts and the firewall's commit-confirmed load render them, pass shellcheck as P
 from __future__ import annotations
 
 import base64
-import importlib
 import hashlib
+import importlib
 import re
 import subprocess
 from collections.abc import Callable, Iterator
