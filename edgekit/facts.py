@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from edgekit import firewall
 from edgekit.remote.scripts import script
-from edgekit.render import HAPROXY_CFG, PLACEMENT_DIR, STATE_DIR
+from edgekit.render import DRAIN_FILE, HAPROXY_CFG, PLACEMENT_DIR, STATE_DIR
 
 PACKAGES = ("haproxy", "keepalived")
 UNITS = ("haproxy", "keepalived")
@@ -105,6 +105,7 @@ class HostFacts:
     haproxy_started: int | None = None  # the newest haproxy process's start (epoch s)
     leftovers: list[str] = field(default_factory=list)  # staging/backup a deploy left
     firewall: FirewallFacts = field(default_factory=FirewallFacts)
+    drained: bool = False  # edgekit drain's mark (DRAIN_FILE holds a non-zero number)
 
     def holds(self, vip: ipaddress.IPv4Interface) -> bool:
         return any(a.ip == vip.ip for addrs in self.addresses.values() for a in addrs)
@@ -168,6 +169,7 @@ def gather_command(paths: list[str]) -> str:
         paths=paths,
         units=UNITS,
         state_dir=STATE_DIR,
+        drain_file=DRAIN_FILE,
         pending=PENDING,
         applied=APPLIED,
         backup_root=BACKUP_ROOT,
@@ -264,7 +266,16 @@ def parse_facts(text: str) -> HostFacts:
         if key == "nr_open" and value.strip().isdigit():
             facts.nr_open = int(value.strip())
     facts.firewall = parse_firewall(s.get("firewall", []))
+    facts.drained = drained_value((s.get("drain") or [""])[0])
     return facts
+
+
+def drained_value(text: str) -> bool:
+    """What keepalived reads in the drain file: a number, non-zero when drained."""
+    try:
+        return int(text.strip() or "0") != 0
+    except ValueError:
+        return False
 
 
 def parse_firewall(lines: list[str]) -> FirewallFacts:

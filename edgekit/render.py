@@ -31,6 +31,12 @@ HAPROXY_DOWN_FILE = f"{STATE_DIR}/haproxy-down"
 # Per-instance files keepalived.conf includes, absent but while deploy moves a VIP to its
 # preferred peer: there, `preempt` (edgekit.deploy.placement).
 PLACEMENT_DIR = f"{STATE_DIR}/placement"
+# A drained peer (edgekit.deploy.drain): keepalived tracks this file with DRAIN_WEIGHT,
+# so "1" in it puts the peer's priority at the floor (1) for every VIP. It lives under
+# /var/lib, not /run: a drained peer stays drained across reboots until undrain.
+DRAIN_DIR = "/var/lib/edgekit"
+DRAIN_FILE = f"{DRAIN_DIR}/drained"
+DRAIN_WEIGHT = -253  # the most a track_file may take away without meaning FAULT
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 
@@ -121,7 +127,7 @@ def _sealed(template: str, ctx: dict[str, object], secrets: dict[str, str] | Non
     return text
 
 
-def _priorities(inv: Inventory) -> list[dict[str, int]]:
+def priorities(inv: Inventory) -> list[dict[str, int]]:
     """Per VIP, each peer's priority: the preferred peer highest, then inventory order.
 
     Distinct priorities avoid ties that keepalived would break by address.
@@ -169,7 +175,7 @@ def _context(loaded: Loaded) -> dict[str, object]:
     inv = loaded.inventory
     return {
         "inv": inv,
-        "priorities": _priorities(inv),
+        "priorities": priorities(inv),
         "sticky": any(s.sticky for s in inv.services),
         "check_line": _check_line,
         "server_extra": _server_extra,
@@ -182,6 +188,9 @@ def _context(loaded: Loaded) -> dict[str, object]:
         "state_dir": STATE_DIR,
         "haproxy_down_file": HAPROXY_DOWN_FILE,
         "placement_dir": PLACEMENT_DIR,
+        "drain_dir": DRAIN_DIR,
+        "drain_file": DRAIN_FILE,
+        "drain_weight": DRAIN_WEIGHT,
         # The same path as a glob pattern: keepalived is silent about a pattern in a
         # directory that does not exist, and warns about a missing plain path.
         "placement_pattern": f"{PLACEMENT_DIR[:-1]}[{PLACEMENT_DIR[-1]}]",

@@ -44,6 +44,7 @@ class PeerStatus:
     stale: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     deploy_running: str = ""  # who holds the host's deploy lock now
+    drained: bool = False  # edgekit drain: it takes no VIP while another peer can
 
 
 STALE_CONFIG = {"haproxy": HAPROXY_CFG, "keepalived": KEEPALIVED_CONF}
@@ -108,6 +109,7 @@ def peer_status(loaded: Loaded, host: Transport, wanted: dict[str, str]) -> Peer
     st.stale = facts.stale_units()
     st.leftovers = facts.leftovers
     st.deploy_running = facts.deploy_running
+    st.drained = facts.drained
     if st.haproxy_up:
         result = host.run(SHOW_STAT, sudo=True, timeout=15)
         if result.ok:
@@ -201,13 +203,19 @@ def warnings(loaded: Loaded, peers: list[PeerStatus], holders: dict[str, list[st
             and p.haproxy_up
             and p.keepalived_up
             and p.vrrp.get(instance) == "BACKUP"
+            and not p.drained
         )
 
-    return [
+    out = [
         f"VIP {m.vip} is on {m.holder}, not on its preferred peer {m.to} "
         "(edgekit deploy moves it there)"
         for m in misplaced(loaded, holders, ready)
     ]
+    for p in peers:
+        if p.reachable and p.drained:
+            kept = f"; it still holds {', '.join(p.vips)}" if p.vips else ""
+            out.append(f"{p.name} is drained (edgekit undrain {p.name} ends it){kept}")
+    return out
 
 
 def cluster_status(loaded: Loaded, hosts: Mapping[str, Transport]) -> ClusterStatus:

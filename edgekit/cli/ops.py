@@ -178,7 +178,7 @@ def status(
 def _status_table(st: ClusterStatus) -> None:
     typer.echo(
         f"{'peer':<14} {'ssh':<5} {'haproxy':<8} {'keepalived':<11} {'vrrp':<22} "
-        f"{'vips':<18} {'servers up':<11} drift"
+        f"{'vips':<18} {'servers up':<11} {'drain':<8} drift"
     )
     for p in st.peers:
         if not p.reachable:
@@ -191,7 +191,7 @@ def _status_table(st: ClusterStatus) -> None:
             f"{p.name:<14} {'ok':<5} {'up' if p.haproxy_up else 'DOWN':<8} "
             f"{'up' if p.keepalived_up else 'DOWN':<11} {vrrp:<22} "
             f"{','.join(p.vips) or '-':<18} {f'{up}/{total}':<11} "
-            f"{','.join(p.drift) or '-'}"
+            f"{'DRAINED' if p.drained else '-':<8} {','.join(p.drift) or '-'}"
         )
     typer.echo(f"verdict: {st.verdict}")
 

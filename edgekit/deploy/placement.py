@@ -127,14 +127,19 @@ def misplaced(
     return out
 
 
-def ready(facts: HostFacts, instance: str) -> bool:
-    """The peer can take the VIP: haproxy and keepalived run, the instance is BACKUP."""
+def healthy(facts: HostFacts) -> bool:
+    """haproxy and keepalived run, and the peer is not drained (edgekit drain)."""
     units = {u: facts.units.get(u, ("",))[0] for u in ("haproxy", "keepalived")}
     return (
         units == {"haproxy": "active", "keepalived": "active"}
         and bool(facts.haproxy_pids)
-        and facts.vrrp_states.get(instance) == "BACKUP"
+        and not facts.drained
     )
+
+
+def ready(facts: HostFacts, instance: str) -> bool:
+    """The peer can take the VIP: healthy, and the instance is BACKUP."""
+    return healthy(facts) and facts.vrrp_states.get(instance) == "BACKUP"
 
 
 def _holders(loaded: Loaded, facts: Mapping[str, HostFacts]) -> dict[str, list[str]]:
@@ -159,10 +164,12 @@ def place_vips(
     timeout: float,
     *,
     moved: list[Move] | None = None,
+    only_to: str | None = None,
 ) -> str | None:
     """Move each VIP to its healthy preferred peer, make-before-break. None when every
     VIP is where it should be (or cannot be: its preferred peer is not healthy), else
-    what went wrong. Appends what it moved to `moved`."""
+    what went wrong. Appends what it moved to `moved`. With `only_to`, only the VIPs
+    that prefer that peer."""
     if not wanted(loaded):
         return None
     if set(hosts) != {p.name for p in loaded.inventory.peers}:
@@ -174,18 +181,21 @@ def place_vips(
             if restored:
                 progress(f"{name}: removed the VIP placement a stopped deploy left")
         facts = in_parallel(hosts, lambda h: gather(h, []))
-        moves = planned_moves(loaded, facts)
+        moves = [m for m in planned_moves(loaded, facts) if only_to in (None, m.to)]
         holders = _holders(loaded, facts)
         for vip in loaded.inventory.vips:
             address, peer = str(vip.address.ip), vip.preferred
+            if only_to not in (None, peer):
+                continue
             if peer and holders[address] != [peer] and address not in {m.vip for m in moves}:
+                why = "is drained" if facts[peer].drained else "is not healthy"
                 progress(
                     f"VIP {address}: stays on {', '.join(holders[address]) or 'no peer'}: "
-                    f"its preferred peer {peer} is not healthy"
+                    f"its preferred peer {peer} {why}"
                 )
         for peer in dict.fromkeys(m.to for m in moves):
             try:
-                error = _move_to(
+                error = move_to(
                     loaded, hosts, peer, [m for m in moves if m.to == peer], progress, timeout
                 )
             except EdgekitError as exc:
@@ -202,14 +212,19 @@ def _restore(host: Transport) -> bool:
     return "restored" in result.stdout
 
 
-def _move_to(
+def move_to(
     loaded: Loaded,
     hosts: Mapping[str, Transport],
     peer: str,
     moves: list[Move],
     progress: Progress,
     timeout: float,
+    *,
+    why: str = "their preferred peer",
 ) -> str | None:
+    """Hand `moves` (VIPs held elsewhere) to `peer`, make-before-break; None or what went
+    wrong. The peer must have a higher priority than each holder (its preferred peer,
+    or any peer when the holder is drained)."""
     inv = loaded.inventory
     host = hosts[peer]
     instances = [m.instance for m in moves]
@@ -258,11 +273,11 @@ def _move_to(
         where = "; ".join(
             f"{m.vip} on {', '.join(holders.get(m.vip, [])) or 'none'}" for m in moves
         )
-        return f"VIPs did not move to {peer}, their preferred peer, within {timeout:.0f}s ({where})"
+        return f"VIPs did not move to {peer}, {why}, within {timeout:.0f}s ({where})"
     for m in moves:
         progress(f"VIP {m.vip}: moved from {m.holder} to {peer} in {took:.1f}s (make-before-break)")
-    why = wait_healthy(host, [f"VI_{v.vrid}" for v in inv.vips], inv.stats.port, timeout)
-    if why:
-        return f"{peer}: after taking {vips}: {why}"
+    sick = wait_healthy(host, [f"VI_{v.vrid}" for v in inv.vips], inv.stats.port, timeout)
+    if sick:
+        return f"{peer}: after taking {vips}: {sick}"
     progress(f"{peer}: nopreempt again")
     return None

@@ -185,7 +185,7 @@ def run_scenario(
             peer = next(p for p in inv.peers if p.name == result.holder)
             iface = peer.interface or vip.interface or inv.vrrp.interface
             holder_host = hosts[result.holder]
-            fault = Fault(holder_host, iface, opts.hold_s, driver)
+            fault = Fault(holder_host, iface, opts.hold_s, driver, hosts, loaded)
             progress(f"{name}: {scenario.description} ({result.holder}: {', '.join(held)})")
             result.fault_t = time.time()
             try:

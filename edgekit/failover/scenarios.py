@@ -9,11 +9,15 @@ one `register(Scenario(...))` call in this file.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from edgekit.lab.base import Capability, FaultDriver
 from edgekit.remote import Transport
+
+if TYPE_CHECKING:
+    from edgekit.inventory import Loaded
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,9 @@ class Fault:
     interface: str  # its VRRP interface
     hold_s: float  # how long the fault lasts
     driver: FaultDriver  # out-of-band control of the hosts (power, link)
+    # Every peer and the inventory, for faults that are operations on the cluster (drain).
+    hosts: Mapping[str, Transport] = field(default_factory=dict)
+    loaded: Loaded | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,32 @@ register(
         lambda f: f.driver.link_up(f.host.name),
         needs=frozenset({Capability.LINK}),
         default=False,
+    )
+)
+
+
+def _drain(fault: Fault) -> None:
+    from edgekit.deploy.drain import drain
+
+    assert fault.loaded is not None, "the drain scenario needs the inventory"
+    # No grace: the drained peer's haproxy keeps running through the hold anyway.
+    drain(fault.loaded, fault.hosts, fault.host.name, lambda _m: None, grace=0.0)
+
+
+def _undrain(fault: Fault) -> None:
+    from edgekit.deploy.drain import undrain
+
+    assert fault.loaded is not None, "the drain scenario needs the inventory"
+    undrain(fault.loaded, fault.hosts, fault.host.name, lambda _m: None)
+
+
+register(
+    Scenario(
+        "drain",
+        "edgekit drain of the holder (make-before-break), hold, undrain: no request may fail",
+        0.0,
+        _drain,
+        _undrain,
     )
 )
 

@@ -22,7 +22,7 @@ from tests.e2e.cli import edgekit
 
 pytestmark = pytest.mark.lab
 
-DEFAULTS = ["graceful", "haproxy-down", "keepalived-crash", "link-down", "host-down"]
+DEFAULTS = ["graceful", "haproxy-down", "keepalived-crash", "link-down", "host-down", "drain"]
 
 
 def two_vip_inventory(lab: Any, path: Path) -> tuple[Path, str, str, int]:

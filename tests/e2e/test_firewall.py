@@ -545,7 +545,14 @@ def test_every_failover_scenario_passes_with_the_firewall_on(lab: Any) -> None:
     result = edgekit("failover-test", "-i", str(inv), "--json", timeout=600)
     data = json.loads(result.stdout)
     names = [s["name"] for s in data["scenarios"]]
-    assert names == ["graceful", "haproxy-down", "keepalived-crash", "link-down", "host-down"]
+    assert names == [
+        "graceful",
+        "haproxy-down",
+        "keepalived-crash",
+        "link-down",
+        "host-down",
+        "drain",
+    ]
     for s in data["scenarios"]:
         assert s["passed"], {
             k: s[k]

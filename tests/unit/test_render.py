@@ -633,7 +633,29 @@ def test_haproxy_stop_reaches_keepalived_through_the_file_it_tracks(path: Path) 
     track = blocks(conf, "track_file")["haproxy_down"]
     assert f'file "{stop.group(1)}"' in track and "weight 0" in track
     for body in blocks(conf, "vrrp_instance").values():
-        assert inner(body, "track_file") == ["haproxy_down"]
+        assert inner(body, "track_file") == ["haproxy_down", "edgekit_drained"]
+
+
+@pytest.mark.parametrize("path", GOOD, ids=IDS)
+def test_a_drained_mark_drops_every_instance_to_the_floor_and_survives_reboots(
+    path: Path,
+) -> None:
+    _, files = rendered(path)
+    for peer_files in files.values():
+        conf = peer_files["/etc/keepalived/keepalived.conf"].content.splitlines()
+        track = blocks(conf, "track_file")["edgekit_drained"]
+        # -253: any priority minus it is below 1, so keepalived holds it at 1, the floor;
+        # -254 or less would mean FAULT (break-before-make), which a drain must not be.
+        assert f'file "{render.DRAIN_FILE}"' in track and "weight -253" in track
+        assert "init_file 0" in track  # created at 0, never overwritten at start
+        assert render.DRAIN_FILE.startswith("/var/lib/")  # not /run: kept across reboots
+        assert all(
+            p >= 2 for prio in render.priorities(load(path).inventory) for p in prio.values()
+        )
+        for body in blocks(conf, "vrrp_instance").values():
+            assert "edgekit_drained" in inner(body, "track_file")
+        dropin = peer_files["/etc/systemd/system/keepalived.service.d/edgekit.conf"].content
+        assert f"ExecStartPre=/bin/mkdir -p {render.DRAIN_DIR}" in dropin
 
 
 @pytest.mark.parametrize("path", GOOD, ids=IDS)

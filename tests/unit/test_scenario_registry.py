@@ -108,7 +108,14 @@ def test_a_lab_with_power_and_link_control_runs_host_down_by_default() -> None:
             return frozenset({Capability.POWER, Capability.LINK})
 
     names = [s.name for s in scenarios.select(None, Lab())[0]]
-    assert names == ["graceful", "haproxy-down", "keepalived-crash", "link-down", "host-down"]
+    assert names == [
+        "graceful",
+        "haproxy-down",
+        "keepalived-crash",
+        "link-down",
+        "host-down",
+        "drain",
+    ]
 
 
 def test_unknown_scenario_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -> None:

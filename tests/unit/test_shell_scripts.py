@@ -30,6 +30,7 @@ from edgekit.deploy.apply import (
     validate_staged,
     wait_healthy,
 )
+from edgekit.deploy.drain import mark_script
 from edgekit.deploy.lock import lock_command
 from edgekit.deploy.placement import allow_script, give_script, restore_script, take_script
 from edgekit.deploy.plan import FileChange, HostPlan
@@ -140,6 +141,8 @@ CASES = [
     Case("fw-remove", "fw-remove", confirm.removal_command),
     Case("placement-allow", "placement-allow", lambda: allow_script(["VI_51", "VI_52"])),
     Case("placement-restore", "placement-restore", restore_script),
+    Case("drain-mark", "drain-mark", lambda: mark_script(True)),
+    Case("undrain-mark", "drain-mark", lambda: mark_script(False)),
     Case("handover-give", "handover-give", lambda: give_script([("10.0.0.100", "eth1")])),
     Case(
         "handover-take",
