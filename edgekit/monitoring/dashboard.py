@@ -19,32 +19,28 @@ def _rate(by: str, metric: str, selector: str) -> str:
     return f"sum by ({by}) (rate({metric}{{{selector}}}[$__rate_interval]))"
 
 
-# Panel title, kind, unit, [(expression, legend)], extra field config.
-_PANELS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
-    (
-        "VIP holders",
-        "state-timeline",
-        "none",
-        [(f"max by (vip, peer) (edgekit_vip_held{{{SEL}}})", "{{vip}} on {{peer}}")],
-    ),
-    (
-        "VRRP state per peer",
-        "state-timeline",
-        "none",
-        [(f"max by (peer, vip) (edgekit_vrrp_state{{{SEL}}})", "{{peer}} {{vip}}")],
-    ),
-    (
-        "Holders per VIP (1 is right)",
-        "timeseries",
-        "none",
-        [(f"sum by (vip) (edgekit_vip_held{{{SEL}}})", "{{vip}}")],
-    ),
-    (
-        "VRRP priority",
-        "timeseries",
-        "none",
-        [(f"max by (peer, vip) (edgekit_vrrp_priority{{{SEL}}})", "{{peer}} {{vip}}")],
-    ),
+# Panel title, kind, unit, [(expression, legend)].
+_Panel = tuple[str, str, str, list[tuple[str, str]]]
+
+
+def _one(title: str, kind: str, unit: str, by: str, series: str, legend: str) -> _Panel:
+    """A panel of one query: `series` in this cluster, aggregated `by` (`max by (vip)`)."""
+    return (title, kind, unit, [(f"{by} ({series}{{{SEL}}})", legend)])
+
+
+# Who holds the VIPs, and VRRP's view of it.
+_VIP_PANELS: list[_Panel] = [
+    _one("VIP holders", "state-timeline", "none",
+         "max by (vip, peer)", "edgekit_vip_held", "{{vip}} on {{peer}}"),
+    _one("VRRP state per peer", "state-timeline", "none",
+         "max by (peer, vip)", "edgekit_vrrp_state", "{{peer}} {{vip}}"),
+    _one("Holders per VIP (1 is right)", "timeseries", "none",
+         "sum by (vip)", "edgekit_vip_held", "{{vip}}"),
+    _one("VRRP priority", "timeseries", "none",
+         "max by (peer, vip)", "edgekit_vrrp_priority", "{{peer}} {{vip}}"),
+]  # fmt: skip
+_PANELS: list[_Panel] = [
+    *_VIP_PANELS,
     (
         "VRRP transitions (15 min)",
         "timeseries",
