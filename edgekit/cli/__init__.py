@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -51,13 +52,13 @@ def _root(
         bool,
         typer.Option(
             "--debug",
-            help="Show a traceback on errors (anywhere on the command line; or EDGEKIT_DEBUG=1).",
+            help="Show a traceback on errors (anywhere before a `--`; or EDGEKIT_DEBUG=1).",
         ),
     ] = False,
 ) -> None:
     """A highly available haproxy + keepalived edge for bare-metal Kubernetes."""
     # --debug is taken off the command line by main() before parsing, wherever it
-    # stands; it is declared here so that --help lists it.
+    # stands before a `--`; it is declared here so that --help lists it.
 
 
 def _register() -> None:
@@ -109,43 +110,72 @@ def _json_error(exc: EdgekitError) -> None:
     typer.echo(json.dumps({"ok": False, "errors": errors}, indent=2, sort_keys=True))
 
 
+def _options(args: list[str]) -> tuple[list[str], list[str]]:
+    """`args` split at the first `--`: what may hold edgekit's options, and what is
+    passed on as it is (`edgekit lab ssh proxy1 -- cmd --debug`)."""
+    if "--" in args:
+        at = args.index("--")
+        return args[:at], args[at:]
+    return args, []
+
+
+def _exit_code(code: object) -> int:
+    """The process exit code a SystemExit(code) stands for, as Python gives it."""
+    if code is None:
+        return int(ExitCode.OK)
+    if isinstance(code, int):
+        return code
+    err(str(code))
+    return int(ExitCode.FAILED)
+
+
+def _traceback(debug: bool) -> None:
+    """With --debug, the traceback of the error being handled, to stderr."""
+    if debug:
+        traceback.print_exc()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one edgekit command; the exit code (see ExitCode) is returned, never raised."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("EDGEKIT_DEBUG") == "1"
-    args = [a for a in args if a != "--debug"]
+    """Run one edgekit command with the arguments `argv` (None: none) and return the
+    exit code (see ExitCode). It never raises SystemExit, and never reads sys.argv."""
+    options, rest = _options(list(argv or []))
+    debug = "--debug" in options or os.environ.get("EDGEKIT_DEBUG") == "1"
+    args = [a for a in options if a != "--debug"] + rest
     try:
         rv = _command().main(args=args, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:
-        if debug:
-            raise
-        if "--json" in args:
+        _traceback(debug)
+        if "--json" in options:
             _json_error(exc)
         for line in str(exc).splitlines():
             err(line)
         return int(exc.exit_code)
     except KeyboardInterrupt:
+        _traceback(debug)
         err("interrupted")
         return int(ExitCode.INTERRUPTED)
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
+        _traceback(debug)
         err("aborted")
         return int(ExitCode.INTERRUPTED)
+    except SystemExit as exc:  # typer's completion (--show-completion, ...) exits
+        return _exit_code(exc.code)
     except Exception as exc:  # usage errors and the unexpected
         # Usage errors are click's ClickException; typer vendors click in newer
         # releases, so recognise it by shape rather than by import.
+        _traceback(debug)
         show = getattr(exc, "show", None)
         if callable(show) and hasattr(exc, "exit_code"):
             show()
             return int(ExitCode.BAD_INPUT)
-        if debug:
-            raise
-        err(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+        hint = "" if debug else " (run with --debug for a traceback)"
+        err(f"internal error: {type(exc).__name__}: {exc}{hint}")
         return int(ExitCode.FAILED)
     return rv if isinstance(rv, int) else 0
 
 
 def run() -> None:
-    """The console script: main() with the process's argv, as the process exit code."""
-    sys.exit(main())
+    """The console script: main() with the process's arguments, as its exit code."""
+    sys.exit(main(sys.argv[1:]))

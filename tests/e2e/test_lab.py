@@ -28,7 +28,7 @@ from tests.conftest import need_program, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 # The CLI with the lab commands imported explicitly, so these tests do not
-# depend on edgekit.cli._register (test_cli_registers_... checks that).
+# depend on edgekit.cli._register (tests/unit/test_cli.py checks that).
 CLI = [
     sys.executable, "-c",
     "import edgekit.cli.lab; from edgekit.cli import run; run()",
@@ -75,14 +75,6 @@ def test_backend_server_answers_with_its_name_and_healthz(tmp_path: Path) -> Non
     finally:
         proc.terminate()
         proc.wait(5)
-
-
-def test_cli_registers_the_lab_and_image_commands() -> None:
-    for group in ("lab", "image"):
-        result = subprocess.run([sys.executable, "-m", "edgekit", group, "--help"],
-                                capture_output=True, text=True, cwd=ROOT)  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert "Usage" in result.stdout
 
 
 # --- helpers for the lab tests ------------------------------------------------------
