@@ -68,6 +68,17 @@ def printable_text(value: str) -> str:
     return value
 
 
+def url_path(value: str) -> str:
+    """A URL path haproxy.cfg carries as it is: no sample expression, which a later
+    template change could have haproxy evaluate (env() would reach the stats password)."""
+    if _ENV_FETCH.search(value) or "%[" in value:
+        raise ValueError(
+            "a URL path cannot hold a haproxy expression (env(...), %[...]): write the "
+            "plain path, e.g. /healthz"
+        )
+    return value
+
+
 def duration(value: object) -> str:
     """A haproxy time: whole number and unit, at least 1 ms, at most haproxy's maximum."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -217,9 +228,48 @@ def server_address(value: str) -> str:
     return value
 
 
-def _first_word(line: str) -> str:
-    word = line.split(None, 1)[0] if line.split() else ""
-    return re.sub(r"[\"'\\]", "", word)  # haproxy unquotes before it reads the keyword
+_HAPROXY_ESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def haproxy_words(line: str) -> list[str]:
+    """The words haproxy reads in one config line, once it has removed the quotes and
+    decoded the escapes (\\xNN, \\t, \\", ...), so that no spelling hides a keyword.
+
+    haproxy keeps the backslash of an escape it does not know (\\l); here it goes, so a
+    rule that refuses a word refuses that spelling too.
+    """
+    words: list[str] = []
+    word: list[str] = []
+    started = squote = dquote = False
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == "'" and not dquote:
+            squote, started = not squote, True
+        elif c == '"' and not squote:
+            dquote, started = not dquote, True
+        elif c == "\\" and not squote and i + 1 < len(line):
+            following = line[i + 1]
+            hex_digits = line[i + 2 : i + 4]
+            if following == "x" and re.fullmatch(r"[0-9A-Fa-f]{2}", hex_digits):
+                word.append(chr(int(hex_digits, 16)))
+                i += 2
+            else:
+                word.append(_HAPROXY_ESCAPES.get(following, following))
+            started = True
+            i += 2
+            continue
+        elif c in " \t" and not squote and not dquote:
+            if started:
+                words.append("".join(word))
+                word, started = [], False
+        else:
+            word.append(c)
+            started = True
+        i += 1
+    if started:
+        words.append("".join(word))
+    return words
 
 
 def _env_reference(line: str) -> bool:
@@ -246,11 +296,89 @@ def _env_reference(line: str) -> bool:
     return False
 
 
-def _reads_a_file(line: str) -> bool:
-    """`return ... file PATH` / `lf-file PATH` (http-request, http-response, http-error)."""
-    words = [w.lower() for w in line.split()]
-    returns = words[:1] == ["http-error"] or words[1:2] == ["return"]
-    return returns and any(w in ("file", "lf-file") for w in words[2:])
+# What to write instead of a line that makes haproxy read a file of the proxy's disk.
+_INLINE_CONTENT = "write the content inline (http-request return ... string or lf-string) instead"
+_NO_CERTIFICATES = (
+    "remove it: edgekit puts no certificates or keys on the proxies (for a server's CA, "
+    "ca-file @system-ca uses the proxy's own CA bundle)"
+)
+# Keywords whose argument is a file (or a socket, a program) on the proxy, anywhere in a line.
+_FILE_KEYWORDS = {
+    "errorfile": _INLINE_CONTENT,
+    "errorfiles": _INLINE_CONTENT,
+    "crt": _NO_CERTIFICATES,
+    "crt-list": _NO_CERTIFICATES,
+    "ca-file": _NO_CERTIFICATES,
+    "crl-file": _NO_CERTIFICATES,
+    "ca-verify-file": _NO_CERTIFICATES,
+    "ssl-dh-param-file": _NO_CERTIFICATES,
+    "ca-base": _NO_CERTIFICATES,
+    "crt-base": _NO_CERTIFICATES,
+    "key-base": _NO_CERTIFICATES,
+    "issuers-chain-path": _NO_CERTIFICATES,
+    "lua-load": "remove it: edgekit runs no Lua on the proxies",
+    "lua-load-per-thread": "remove it: edgekit runs no Lua on the proxies",
+    "lua-prepend-path": "remove it: edgekit runs no Lua on the proxies",
+    "load-server-state-from-file": "remove it: edgekit keeps no server-state file",
+    "server-state-file-name": "remove it: edgekit keeps no server-state file",
+    "server-state-file": "remove it: edgekit keeps no server-state file",
+    "external-check": (
+        "remove it: use health (tcp, http or https) or tcp-check / http-check lines"
+    ),
+}
+# In http-request/-response/-error lines: the payload comes from a file.
+_HTTP_FILE_WORDS = frozenset({"file", "lf-file"})
+_HTTP_RULES = frozenset({"http-request", "http-response", "http-error", "http-after-response"})
+_PATTERN_FILE = (
+    "list the patterns in the line itself, e.g. acl admins src 10.0.0.0/8 192.168.0.0/16"
+)
+_MAP_HINT = (
+    "write the values inline, one rule per entry, e.g. "
+    "http-request set-var(txn.pool) str(blue) if { path_beg /blue }"
+)
+# map(FILE), map_str(FILE), ... and the actions that edit a map or an ACL file.
+_MAP_CONVERTER = re.compile(r"(?<![A-Za-z0-9_.-])(map(?:_[a-z0-9_]+)?)\(", re.I)
+_FILE_ACTION = re.compile(r"(?<![A-Za-z0-9_.])((?:set|del|add|clear)-(?:map|acl))\(", re.I)
+_JWT_VERIFY = re.compile(r"jwt_verify\(\s*([^,)]*)", re.I)
+_ENV_FETCH = re.compile(r"(?<![A-Za-z0-9_.])env\(", re.I)
+# A server at a path (a Unix socket) instead of an address.
+_SOCKET_PREFIXES = ("/", "unix@", "abns@", "fd@", "sockpair@", "uxst@", "uxdg@")
+
+
+def _file_reference(words: list[str]) -> tuple[str, str] | None:
+    """(what, what to write instead) when a line makes haproxy read a file of the proxy's
+    disk (as root, at `haproxy -c` already, which prints the first line it cannot parse)."""
+    lowered = [w.lower() for w in words]
+    for i, word in enumerate(lowered):
+        system_ca = lowered[i + 1 : i + 2] == ["@system-ca"]  # the CA bundle, no path
+        if word in _FILE_KEYWORDS and not (word == "ca-file" and system_ca):
+            return word, _FILE_KEYWORDS[word]
+        if word == "-f":
+            return "-f", _PATTERN_FILE
+    if lowered[0] in _HTTP_RULES:
+        hit = next((w for w in lowered[1:] if w in _HTTP_FILE_WORDS), None)
+        if hit:
+            return hit, _INLINE_CONTENT
+    if lowered[0] == "filter" and "config" in lowered[2:]:
+        return (
+            f"filter {lowered[1]} ... config",
+            "remove the filter: edgekit puts no filter configuration on the proxies",
+        )
+    if lowered[0] in ("server", "default-server", "server-template"):
+        sock = next((w for w in words[1:] if w.lower().startswith(_SOCKET_PREFIXES)), None)
+        if sock:
+            return sock, "write the server's IP address and port, e.g. 10.10.0.130:8080"
+    text = " ".join(words)
+    match = _MAP_CONVERTER.search(text) or _FILE_ACTION.search(text)
+    if match:
+        return f"{match.group(1)}(...)", _MAP_HINT
+    jwt = _JWT_VERIFY.search(text)
+    if jwt and not jwt.group(1).strip().strip("\"'").upper().startswith("HS"):
+        return "jwt_verify(...)", (
+            "verify with an HS256, HS384 or HS512 secret, or on the backend: edgekit puts "
+            "no certificates on the proxies"
+        )
+    return None
 
 
 def haproxy_option(value: object) -> object:
@@ -274,7 +402,15 @@ def haproxy_option(value: object) -> object:
         )
     if len(value.split()) > limits.MAX_OPTION_WORDS:
         raise ValueError(f"more than {limits.MAX_OPTION_WORDS} words: haproxy refuses such lines")
-    word = _first_word(value)
+    words = haproxy_words(value)
+    if not words:
+        raise ValueError("an empty line: remove the item")
+    hidden = next((c for w in words for c in w if not c.isprintable()), None)
+    if hidden is not None:
+        raise ValueError(
+            f"an escape (such as \\x0a or \\t) makes {char_name(hidden)}: write printable text only"
+        )
+    word = words[0]
     if word.lower() in SECTION_KEYWORDS:
         raise ValueError(
             f"'{word}' opens a new haproxy section: the lines after it would "
@@ -287,20 +423,33 @@ def haproxy_option(value: object) -> object:
             "(.if, .endif, ...), which can hide the rest of the config: write "
             "backend keywords only"
         )
-    if word.lower() == "errorfile" or _reads_a_file(value):
-        raise ValueError(
-            "reads a file on the proxy into the response (any file haproxy can "
-            "read as root, such as /etc/shadow): write the content inline "
-            "(http-request return ... string or lf-string) instead"
-        )
     if word.lower() in REFUSED_KEYWORDS:
         raise ValueError(
             f"'{word}' would serve haproxy's stats page on the service, "
             "without the stats password: use the stats section instead"
         )
+    reference = _file_reference(words)
+    if reference is not None:
+        what, instead = reference
+        if what.lower().startswith(_SOCKET_PREFIXES):
+            raise ValueError(
+                f"'{what}' is a socket on the proxy itself: the service would let its "
+                f"clients reach it; {instead}"
+            )
+        raise ValueError(
+            f"'{what}' reads a file of the proxy's disk (haproxy reads its "
+            "configuration as root, and haproxy -c prints the first line it cannot "
+            f"parse): {instead}"
+        )
     if _env_reference(value):
         raise ValueError(
             "'$' inside double quotes makes haproxy insert an environment "
             "variable, such as the stats password: write the value itself"
+        )
+    if any(_ENV_FETCH.search(w) for w in words):
+        raise ValueError(
+            "the env() fetch makes haproxy insert an environment variable, such as "
+            "the stats password (EDGEKIT_STATS_PASSWORD), into what it sends: write "
+            "the value itself"
         )
     return value

@@ -33,7 +33,12 @@ Duration = Annotated[str, BeforeValidator(fields.duration)]
 HaproxyOption = Annotated[str, BeforeValidator(fields.haproxy_option)]
 # Free text (file paths, references): any character but controls and invisible ones.
 Text = Annotated[str, AfterValidator(fields.printable_text)]
-UrlPath = Annotated[str, Field(pattern=PATH_RE), AfterValidator(fields.printable_text)]
+UrlPath = Annotated[
+    str,
+    Field(pattern=PATH_RE),
+    AfterValidator(fields.printable_text),
+    AfterValidator(fields.url_path),
+]
 
 
 def _ip_text(value: object) -> object:

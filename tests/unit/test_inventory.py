@@ -150,6 +150,11 @@ CLASSES = {
     "maxconn-": 5,
     "res-": 4,
     "ctrl-": 4,
+    # Follow-ups of an audit of issue 11: options that read a file of the proxy's disk,
+    # env() and the stats password.
+    "opts-file-": 15,
+    "opts-env-fetch-": 5,
+    "env-": 2,
 }
 # Nothing but printable text, one line: no terminal escape, no second line.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e]")
@@ -217,6 +222,17 @@ def test_broken_inventory_exits_2_with_one_line_on_stderr(path: Path) -> None:
     assert lines[0].startswith("edgekit: ")
     _check_line(lines[0].removeprefix("edgekit: "), path, rel)
     assert not CONTROL.search(proc.stderr.removesuffix("\n"))
+
+
+# The audit's classes, every file through the whole CLI (each is refused before any
+# haproxy -c runs, so this stays fast).
+AUDIT_CLASSES = ("opts-file-", "opts-env-fetch-", "env-")
+CLI_AUDIT = [p for p in BROKEN if p.name.startswith(AUDIT_CLASSES)]
+
+
+@pytest.mark.parametrize("path", CLI_AUDIT, ids=[p.stem for p in CLI_AUDIT])
+def test_audited_inventory_exits_2_with_one_line_on_stderr(path: Path) -> None:
+    test_broken_inventory_exits_2_with_one_line_on_stderr(path)
 
 
 def test_broken_corpus_never_echoes_a_secret_file() -> None:
@@ -1006,6 +1022,12 @@ def _with_options(*lines: str) -> dict[str, Any]:
         'http-request set-header X-Price "$5 only"',
         "option backend-stats-like-name",  # a keyword that only starts like one
         "listener-free line",
+        "server extra 10.10.0.130:443 ssl verify required ca-file @system-ca",
+        "filter trace name x",
+        "log 10.10.0.200:514 local0",
+        "http-request set-header X-Env production",
+        'http-request set-var(txn.ok) req.hdr(authorization),jwt_verify("HS256","k3y")',
+        "server extra 10.10.0.130:8080 check",
     ],
 )
 def test_accepts_backend_lines_in_haproxy_options(tmp_path: Path, line: str) -> None:
@@ -1026,6 +1048,21 @@ def test_accepts_backend_lines_in_haproxy_options(tmp_path: Path, line: str) -> 
         ("option tcplog\x00", "NUL"),
         ("option\x1b[31m", "control character"),
         ("a " * 64, "more than 63 words"),
+        ("\\x6cisten x", "'listen' opens a new haproxy section"),
+        ("tcp-check send a\\x0ab", "makes a line break"),
+        ("acl x src -f /etc/shadow", "'-f' reads a file of the proxy's disk"),
+        ("acl x src '-f' /etc/shadow", "list the patterns in the line itself"),
+        ("tcp-request content set-var(txn.x) src,map_ip(/etc/shadow)", "'map_ip(...)' reads"),
+        ("filter spoe engine x config /etc/passwd", "'filter spoe ... config' reads"),
+        ("server x 10.0.0.1:443 ssl crt /etc/shadow", "'crt' reads a file"),
+        ("server x 10.0.0.1:443 ssl ca-file /etc/shadow", "ca-file @system-ca"),
+        ("http-request deny content-type text/plain file /etc/shadow", "'file' reads"),
+        ("errorfiles mine", "'errorfiles' reads"),
+        ("lua-load /etc/shadow", "no Lua"),
+        ("server sock unix@/run/x.sock", "a socket on the proxy itself"),
+        ("tcp-check send-lf %[env(EDGEKIT_STATS_PASSWORD)]", "the env() fetch"),
+        ("server x 10.0.0.1:443 ssl sni env(EDGEKIT_STATS_PASSWORD)", "the env() fetch"),
+        ("tcp-request content set-var(sess.x) Env(HOME)", "the env() fetch"),
     ],
 )
 def test_refuses_haproxy_options_that_leave_the_backend(
@@ -1034,6 +1071,25 @@ def test_refuses_haproxy_options_that_leave_the_backend(
     line_out = only_error(tmp_path, _with_options("option tcp-check", line))
     assert_problem(line_out, "services[2].haproxy_options[1]", fragment)
     assert "\x1b" not in line_out and "\x00" not in line_out
+
+
+def test_haproxy_words_are_read_as_haproxy_reads_them() -> None:
+    from edgekit.inventory.fields import haproxy_words
+
+    assert haproxy_words("a \"b c\" 'd $e' f\\ g \\x41\\t") == ["a", "b c", "d $e", "f g", "A\t"]
+    assert haproxy_words('l\\isten x  ""') == ["listen", "x", ""]
+
+
+@pytest.mark.parametrize("key", ["path", "uri"])
+def test_url_paths_hold_no_haproxy_expression(tmp_path: Path, key: str) -> None:
+    data = inventory()
+    if key == "path":
+        data["services"][0]["health"] = {"type": "http", "path": "/h/%[env(X)]"}
+        where = "services[0].health.path"
+    else:
+        data["stats"]["uri"] = "/stats/env(EDGEKIT_STATS_PASSWORD)"
+        where = "stats.uri"
+    assert_problem(only_error(tmp_path, data), where, "cannot hold a haproxy expression")
 
 
 @pytest.mark.parametrize("secret", ["k3Vp9xQ2", "a'b;c%d", "x", "ABC-_.+=", "12345678", "p@ss:w/d"])
