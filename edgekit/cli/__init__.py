@@ -8,6 +8,7 @@ tests drive it in-process.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -75,11 +76,8 @@ def err(message: str) -> None:
 
 
 def _params(command: Any) -> Iterator[Any]:
-    for param in command.params:
-        live = LIVE_HELP.get((command.name, param.name))
-        if live is not None:
-            param.help = live()
-        yield param
+    """Every parameter of `command` and its sub-commands, --help included."""
+    yield from command.params
     # Made now, with the names every context inherits, so that it can be adjusted too.
     help_option = command.get_help_option(
         command.context_class(command, help_option_names=HELP_NAMES)
@@ -90,13 +88,38 @@ def _params(command: Any) -> Iterator[Any]:
         yield from _params(sub)
 
 
-def _command() -> Any:
-    _register()
+@functools.cache
+def _build(_app_shape: tuple[object, ...]) -> Any:
     command = typer.main.get_command(app)
     for param in _params(command):
         # A flag takes no value: show no `<bool>` placeholder for it in --help.
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+    return command
+
+
+def _live_help(command: Any) -> None:
+    for param in command.params:
+        live = LIVE_HELP.get((command.name, param.name))
+        if live is not None:
+            param.help = live()
+    for sub in getattr(command, "commands", {}).values():
+        _live_help(sub)
+
+
+def _command() -> Any:
+    """The click command, built once for what `app` holds (typer's build is half of a
+    short command's time, and tests run hundreds); live help is read on every call."""
+    _register()
+    shape = (
+        len(app.registered_commands),
+        len(app.registered_groups),
+        # Typer's own test switch: --show-completion and --install-completion take the
+        # shell as a value instead of detecting it. It is read when the command is built.
+        os.environ.get("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"),
+    )
+    command = _build(shape)
+    _live_help(command)
     return command
 
 
