@@ -130,6 +130,17 @@ def interface_name(value: object) -> object:
         raise ValueError(
             f"the kernel refuses '{value}' as an interface name: write the NIC's name, e.g. eth1"
         )
+    if value in ("all", "default"):
+        what = "every interface at once" if value == "all" else "the defaults of new interfaces"
+        raise ValueError(
+            f"the kernel refuses '{value}' as an interface name (net.ipv4.conf.{value} "
+            f"sets {what}): write the NIC's name, e.g. eth1"
+        )
+    if value == "lo":
+        raise ValueError(
+            "the loopback interface reaches no other peer, so VRRP cannot run on it: "
+            "write the NIC on the VIPs' segment, e.g. eth1"
+        )
     if len(value.encode()) > limits.MAX_IFNAME:
         raise ValueError(
             f"an interface name has at most {limits.MAX_IFNAME} characters "

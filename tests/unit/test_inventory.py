@@ -226,7 +226,16 @@ def test_broken_inventory_exits_2_with_one_line_on_stderr(path: Path) -> None:
 
 # The audit's classes, every file through the whole CLI (each is refused before any
 # haproxy -c runs, so this stays fast).
-AUDIT_CLASSES = ("opts-file-", "opts-env-fetch-", "env-")
+AUDIT_CLASSES = (
+    "opts-file-",
+    "opts-env-fetch-",
+    "env-",
+    "iface-vrrp-all",
+    "iface-vrrp-default",
+    "iface-vrrp-lo",
+    "iface-peer-lo",
+    "iface-vip-all",
+)
 CLI_AUDIT = [p for p in BROKEN if p.name.startswith(AUDIT_CLASSES)]
 
 
@@ -1118,6 +1127,16 @@ def test_refuses_vrrp_secrets_keepalived_reads_as_syntax(
 def test_accepts_interface_names_the_kernel_accepts(tmp_path: Path, name: str) -> None:
     data = inventory(vrrp={"interface": name})
     assert load_inventory(write(tmp_path, data)).inventory.vrrp.interface == name
+
+
+@pytest.mark.parametrize(
+    "name,fragment",
+    [("all", "the kernel refuses 'all'"), ("default", "refuses 'default'"), ("lo", "loopback")],
+)
+def test_refuses_interface_names_vrrp_cannot_use(tmp_path: Path, name: str, fragment: str) -> None:
+    line = only_error(tmp_path, inventory(vrrp={"interface": name}))
+    assert_problem(line, "vrrp.interface", fragment)
+    assert "e.g. eth1" in line
 
 
 @pytest.mark.parametrize(
