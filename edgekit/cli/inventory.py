@@ -46,27 +46,36 @@ def warn(loaded: Loaded) -> None:
 
 @app.command()
 def init(
-    path: Annotated[Path, typer.Argument(help="Where to write the example.")] = Path("edge.yaml"),
+    path: Annotated[
+        str, typer.Argument(help="Where to write the example.", metavar="PATH")
+    ] = "edge.yaml",
 ) -> None:
     """Write a commented example edge.yaml (refuses to overwrite)."""
     example = render.templates_dir() / "edge.example.yaml"
-    if path.is_dir():
-        path = path / "edge.yaml"
+    target = Path(path)
+    # pathlib drops a trailing '/' (and '/.'): DIR/ names a directory even when it is missing.
+    if target.is_dir() or path.endswith(("/", "/.", "/..")) or path in (".", ".."):
+        if not target.is_dir():
+            raise InputError(
+                f"{path}: the directory {target} does not exist",
+                hint=f"mkdir -p {target}, or choose another path",
+            )
+        target = target / "edge.yaml"
     try:
-        with path.open("x") as fh:
+        with target.open("x") as fh:
             fh.write(example.read_text())
     except FileExistsError:
         raise InputError(
-            f"{path}: already exists; not overwriting", hint="choose another path or remove it"
+            f"{target}: already exists; not overwriting", hint="choose another path or remove it"
         ) from None
     except FileNotFoundError:
         raise InputError(
-            f"{path}: the directory {path.parent} does not exist",
-            hint=f"mkdir -p {path.parent}, or choose another path",
+            f"{target}: the directory {target.parent} does not exist",
+            hint=f"mkdir -p {target.parent}, or choose another path",
         ) from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot write: {exc.strerror}") from None
-    note(f"wrote {path}; edit it, then: edgekit validate -i {path}")
+        raise InputError(f"{target}: cannot write: {exc.strerror}") from None
+    note(f"wrote {target}; edit it, then: edgekit validate -i {target}")
 
 
 def _rejection(

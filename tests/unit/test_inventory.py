@@ -1544,6 +1544,22 @@ def test_init_into_a_missing_directory_is_bad_input(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("suffix", ["/", "/."])
+def test_init_into_a_missing_directory_written_with_a_slash_is_bad_input(
+    tmp_path: Path, suffix: str
+) -> None:
+    proc = cli("init", str(tmp_path / "nodir") + suffix)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"edgekit: {tmp_path / 'nodir'}{suffix}: the directory {tmp_path / 'nodir'} does not "
+        f"exist (hint: mkdir -p {tmp_path / 'nodir'}, or choose another path)"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no file named nodir
+    (tmp_path / "nodir").mkdir()
+    assert cli("init", str(tmp_path / "nodir") + suffix).returncode == 0
+    assert (tmp_path / "nodir" / "edge.yaml").is_file()
+
+
 def test_init_into_a_directory_writes_edge_yaml_there(tmp_path: Path) -> None:
     proc = cli("init", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
