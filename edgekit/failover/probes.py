@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from edgekit.failover.measure import Probe, Sample
 from edgekit.remote import Transport
+from edgekit.remote.scripts import script
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,21 @@ class Prober:
             return sorted(self.results, key=lambda p: p.t)
 
 
-# Prints "<epoch seconds> <bits>" ten times a second, one 1|0 per VIP in order: does this
-# peer hold it? (VIPs are validated IPv4 addresses: safe in a shell glob, dots literal.)
-_WATCH = (
-    "while :; do a=$(ip -4 -o addr show); h=; for v in {vips}; do "
-    'case "$a" in *" $v/"*) h="${{h}}1";; *) h="${{h}}0";; esac; done; '
-    'echo "$(date +%s.%N) $h"; sleep 0.1; done'
-)
+def watch_script(vips: Sequence[str]) -> str:
+    """The loop a peer runs for OwnershipWatcher (templates/remote/watch-vips.sh.j2): ten
+    times a second, "<epoch seconds> <bits>", one 1|0 per VIP in order: does it hold it?"""
+    return script("watch-vips", vips=list(vips))
+
+
+class _WatchFormat:
+    """The watch loop by its former name, `_WATCH.format(vips="A B")` (the string
+    template it was): tests/unit/test_failover_vips.py still calls it so."""
+
+    def format(self, *, vips: str) -> str:
+        return watch_script(vips.split())
+
+
+_WATCH = _WatchFormat()
 
 
 class OwnershipWatcher:
@@ -94,12 +103,12 @@ class OwnershipWatcher:
         self.samples: list[Sample] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        script = _WATCH.format(vips=" ".join(self.vips))
+        loop = watch_script(self.vips)
         self._threads = [
             threading.Thread(
                 target=host.stream,
                 daemon=True,
-                args=(script, self._collector(name), self._stop),
+                args=(loop, self._collector(name), self._stop),
             )
             for name, host in hosts.items()
         ]

@@ -35,6 +35,7 @@ from edgekit.deploy.lock import lock_command
 from edgekit.deploy.placement import allow_script, give_script, restore_script, take_script
 from edgekit.deploy.plan import FileChange, HostPlan
 from edgekit.facts import LiveFile
+from edgekit.failover.probes import watch_script
 from edgekit.remote import scripts
 from edgekit.remote.fake import FakeHost
 from edgekit.render import STATE_DIR, RenderedFile, templates_dir
@@ -151,6 +152,7 @@ CASES = [
             [("10.0.0.100", "10.0.0.11", "eth1"), ("10.0.0.101", "10.0.0.12", "e")]
         ),
     ),
+    Case("watch-vips", "watch-vips", lambda: watch_script(["10.0.0.100", "10.0.0.101"])),
 ]
 
 
