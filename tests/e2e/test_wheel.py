@@ -30,7 +30,7 @@ from edgekit.inventory import load_inventory
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
 STRONG = "Zq8-vLm3pRt7xW"
-RUNTIME_DEPS = {"typer", "jinja2", "pyyaml", "fabric", "pydantic"}
+RUNTIME_DEPS = {"typer", "jinja2", "pyyaml", "fabric", "pydantic", "paramiko", "invoke"}
 
 
 def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
