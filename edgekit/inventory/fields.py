@@ -7,6 +7,7 @@ key) and returns the value unchanged when it is sound.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 
 from edgekit.inventory import limits
@@ -79,16 +80,42 @@ def url_path(value: str) -> str:
     return value
 
 
+def _bare_number(value: int | float) -> str:
+    """Why a YAML number is no duration, and the duration to write."""
+    if not math.isfinite(value):
+        return "not a duration: a duration needs a number and a unit, e.g. 30s or 500ms"
+    if value < 0:
+        return "a duration cannot be negative: write a positive whole number with a unit, e.g. 30s"
+    if value == 0:
+        return (
+            "a bare number is milliseconds to haproxy, and a zero duration disables the "
+            "timer or check: write a positive duration with a unit, e.g. 5s"
+        )
+    if value > limits.MAX_DURATION_MS:
+        return (
+            f"longer than haproxy's maximum, {limits.MAX_DURATION_MS} ms (about 24.8 days), "
+            "and without a unit: write at most 24d"
+        )
+    bare = "a bare number is milliseconds to haproxy, not seconds"
+    if value != int(value):
+        ms = round(value * 1000)
+        if ms < 1 or ms > limits.MAX_DURATION_MS:
+            return f"{bare}, and haproxy takes whole numbers only: write e.g. 30s or 500ms"
+        return (
+            f"{bare}, and haproxy takes whole numbers only: write the unit, e.g. "
+            f"{ms}ms for {value:g} seconds"
+        )
+    if int(value) * 1000 > limits.MAX_DURATION_MS:
+        return f"{bare}: write the unit, e.g. {int(value)}ms"
+    return f"{bare}: write the unit, e.g. {int(value)}s or {int(value)}ms"
+
+
 def duration(value: object) -> str:
     """A haproxy time: whole number and unit, at least 1 ms, at most haproxy's maximum."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected a duration; {_DURATION_HELP}")
     if not isinstance(value, str):
-        shown = f"{value:g}" if isinstance(value, float) else str(value)
-        raise ValueError(
-            f"a bare number is milliseconds to haproxy, not seconds: write the "
-            f"unit, e.g. {shown}s or {shown}ms"
-        )
+        raise ValueError(_bare_number(value))
     match = _DURATION.match(value)
     if not match:
         if value.isdigit():
