@@ -59,6 +59,21 @@ RESERVED_RANGES = [
     (ipaddress.IPv4Network("192.0.2.0/24"), "in 192.0.2.0/24, reserved for documentation"),
     (ipaddress.IPv4Network("198.51.100.0/24"), "in 198.51.100.0/24, reserved for documentation"),
     (ipaddress.IPv4Network("203.0.113.0/24"), "in 203.0.113.0/24, reserved for documentation"),
+    # RFC 6890, 2544, 7526: protocol assignments, benchmarking, the retired 6to4 relays.
+    (
+        ipaddress.IPv4Network("192.0.0.0/24"),
+        "in 192.0.0.0/24, reserved for IETF protocol assignments",
+    ),
+    (
+        ipaddress.IPv4Network("198.18.0.0/15"),
+        "in 198.18.0.0/15, reserved for benchmarking networks",
+    ),
+    (
+        ipaddress.IPv4Network("192.88.99.0/24"),
+        "in 192.88.99.0/24, reserved (the retired 6to4 relay anycast range)",
+    ),
+    # Not here: 100.64.0.0/10 (shared address space, RFC 6598), which a provider's
+    # private network may well use for its hosts, nor public addresses.
 ]
 
 

@@ -239,6 +239,12 @@ AUDIT_CLASSES = (
     "dur-timeout-nan",
     "dur-timeout-negative-",
     "dur-timeout-fraction-",
+    "addr-vip-ietf-",
+    "addr-vip-benchmarking",
+    "addr-vip-6to4-",
+    "addr-peer-benchmarking",
+    "addr-peer-ietf-",
+    "addr-peer-6to4-",
 )
 CLI_AUDIT = [p for p in BROKEN if p.name.startswith(AUDIT_CLASSES)]
 
@@ -1216,6 +1222,40 @@ def test_accepts_vip_prefixes_from_8_to_30(tmp_path: Path, prefix: int) -> None:
         assert any("peers[0].address: the peer is the network address" in ln for ln in lines)
         return
     load_inventory(write(tmp_path, data))
+
+
+def _segment(prefix: str) -> dict[str, Any]:
+    """The issue's example moved, VIP and peers, to PREFIX.0/24 (PREFIX: three octets)."""
+    data = inventory(vips=[{"address": f"{prefix}.100/24", "vrid": 51}])
+    data["peers"][0]["address"] = f"{prefix}.11"
+    data["peers"][1]["address"] = f"{prefix}.12"
+    return data
+
+
+@pytest.mark.parametrize("prefix", ["100.64.0", "100.127.255", "8.8.8", "172.16.5", "192.168.1"])
+def test_accepts_shared_address_space_and_public_segments(tmp_path: Path, prefix: str) -> None:
+    load_inventory(write(tmp_path, _segment(prefix)))
+
+
+@pytest.mark.parametrize(
+    "prefix,fragment",
+    [
+        ("192.0.0", "IETF protocol assignments"),
+        ("198.18.0", "benchmarking"),
+        ("198.19.7", "benchmarking"),
+        ("192.88.99", "6to4"),
+    ],
+)
+def test_refuses_reserved_segments_for_vips_and_peers(
+    tmp_path: Path, prefix: str, fragment: str
+) -> None:
+    lines = errors(tmp_path, _segment(prefix))
+    assert [ln.split(": ")[1] for ln in lines] == [
+        "peers[0].address",
+        "peers[1].address",
+        "vips[0].address",
+    ]
+    assert all(fragment in ln for ln in lines), lines
 
 
 def test_a_32_vip_is_one_problem_not_one_per_peer(tmp_path: Path) -> None:
