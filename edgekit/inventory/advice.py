@@ -21,19 +21,55 @@ def advise(inv: Inventory) -> Iterator[Problem]:
     yield from _host_names(inv)
 
 
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _anywhere_together(nets: list[Net]) -> Net | None:
+    """The whole address space (0.0.0.0/0 or ::/0) that several networks cover
+    together, none of them alone (0.0.0.0/1 and 128.0.0.0/1, say); None otherwise."""
+    v4 = [net for net in nets if isinstance(net, ipaddress.IPv4Network)]
+    v6 = [net for net in nets if isinstance(net, ipaddress.IPv6Network)]
+    # A list that holds the whole space itself is named by the per-item warning.
+    if _ANYWHERE[0] not in v4 and list(ipaddress.collapse_addresses(v4)) == [_ANYWHERE[0]]:
+        return _ANYWHERE[0]
+    if _ANYWHERE[1] not in v6 and list(ipaddress.collapse_addresses(v6)) == [_ANYWHERE[1]]:
+        return _ANYWHERE[1]
+    return None
+
+
+def _open_to_anyone(key: str, nets: list[Net], what: str, instead: str) -> Iterator[Problem]:
+    for i, net in enumerate(nets):
+        if net in _ANYWHERE:
+            yield Problem(f"{key}[{i}]", what, str(net), instead)
+    together = _anywhere_together(nets)
+    if together is not None:
+        yield Problem(
+            key,
+            f"{what}: together these networks cover every "
+            f"{'IPv4' if together.version == 4 else 'IPv6'} address ({together})",
+            [str(net) for net in nets],
+            instead,
+        )
+
+
 def _firewall(inv: Inventory) -> Iterator[Problem]:
     fw = inv.firewall
     if not fw.enabled:
         return
+    yield from _open_to_anyone(
+        "firewall.node_allow_cidrs",
+        list(fw.node_allow_cidrs),
+        "lets anyone reach the nodes' NodePorts directly, past the proxies and each "
+        "service's client_cidrs",
+        "list the cluster's node and pod networks instead",
+    )
     if fw.admin_cidrs is not None:
-        for i, net in enumerate(fw.admin_cidrs):
-            if net in _ANYWHERE:
-                yield Problem(
-                    f"firewall.admin_cidrs[{i}]",
-                    "admits SSH and the stats page from anywhere",
-                    str(net),
-                    "list the operators' networks instead",
-                )
+        yield from _open_to_anyone(
+            "firewall.admin_cidrs",
+            list(fw.admin_cidrs),
+            "admits SSH and the stats page from anywhere",
+            "list the operators' networks instead",
+        )
         return
     for i, vip in enumerate(inv.vips):
         net = vip.address.network

@@ -1507,6 +1507,52 @@ def test_warns_about_admin_cidrs_that_admit_anyone(tmp_path: Path) -> None:
     ), warnings
 
 
+@pytest.mark.parametrize(
+    "nets,family",
+    [
+        (["0.0.0.0/1", "128.0.0.0/1"], "IPv4 address (0.0.0.0/0)"),
+        (["128.0.0.0/1", "10.0.0.0/8", "0.0.0.0/2", "64.0.0.0/2"], "IPv4 address (0.0.0.0/0)"),
+        (["::/1", "8000::/1", "10.0.0.0/8"], "IPv6 address (::/0)"),
+    ],
+)
+def test_warns_about_admin_cidrs_that_together_admit_anyone(
+    tmp_path: Path, nets: list[str], family: str
+) -> None:
+    warnings = _warnings(tmp_path, inventory(firewall={"admin_cidrs": nets}))
+    together = [w for w in warnings if ": firewall.admin_cidrs: " in w]
+    assert len(together) == 1, warnings
+    assert (
+        "admits SSH and the stats page from anywhere: together these networks cover "
+        in (together[0])
+    )
+    assert family in together[0] and "list the operators' networks instead" in together[0]
+
+
+def test_no_warning_for_admin_cidrs_that_leave_some_addresses_out(tmp_path: Path) -> None:
+    nets = ["0.0.0.0/1", "128.0.0.0/2", "10.10.0.0/24"]
+    warnings = _warnings(tmp_path, inventory(firewall={"admin_cidrs": nets}))
+    assert not any(": firewall.admin_cidrs" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize(
+    "nets,path",
+    [
+        (["10.20.0.0/16", "0.0.0.0/0"], "firewall.node_allow_cidrs[1]"),
+        (["0.0.0.0/1", "128.0.0.0/1"], "firewall.node_allow_cidrs"),
+    ],
+)
+def test_warns_about_node_allow_cidrs_that_admit_anyone(
+    tmp_path: Path, nets: list[str], path: str
+) -> None:
+    data = inventory(firewall={"admin_cidrs": ["10.10.0.0/24"], "node_allow_cidrs": nets})
+    warnings = [w for w in _warnings(tmp_path, data) if ": firewall.node_allow" in w]
+    assert (
+        len(warnings) == 1 and f": {path}: lets anyone reach the nodes' NodePorts" in (warnings[0])
+    ), warnings
+    assert "list the cluster's node and pod networks instead" in warnings[0]
+    assert not [w for w in _warnings(tmp_path, inventory()) if ": firewall." in w]
+
+
 def test_warns_when_a_wide_vip_prefix_widens_the_default_admin_set(tmp_path: Path) -> None:
     data = inventory(vips=[{"address": "10.10.0.100/16", "vrid": 51}])
     assert any(
