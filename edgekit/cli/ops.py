@@ -22,6 +22,9 @@ Peers = Annotated[
         "--peers", help="Replace the inventory's peers: NAME=ADDR,... or ADDR,... (peer1, ...)."
     ),
 ]
+Limit = Annotated[
+    str | None, typer.Option("--limit", help="Only these peers (comma-separated names).")
+]
 AcceptNew = Annotated[
     bool,
     typer.Option(
@@ -46,9 +49,7 @@ def _load(inventory: Path, peers: str | None) -> Loaded:
 def deploy(
     inventory: Inv = Path("edge.yaml"),
     peers: Peers = None,
-    limit: Annotated[
-        str | None, typer.Option("--limit", help="Only these peers (comma-separated names).")
-    ] = None,
+    limit: Limit = None,
     dry_run: Annotated[
         bool,
         typer.Option(

@@ -17,12 +17,11 @@ the inventory prefers on that peer, make-before-break as well.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from edgekit.deploy import lock as deploy_lock
-from edgekit.deploy.placement import Move, healthy, move_to, place_vips, ready
+from edgekit.deploy.placement import HANDOVER_S, Move, healthy, move_to, place_vips, ready
 from edgekit.errors import EdgekitError, ExitCode, InputError, OperationError
 from edgekit.facts import HostFacts
 from edgekit.hosts import gather
@@ -146,8 +145,8 @@ def drain(
 ) -> DrainReport:
     """Give every VIP `peer` holds to another healthy peer, make-before-break, and mark
     it drained (it keeps that mark until undrain). Refuses when no other peer could
-    take its VIPs, unless `force`. Waits `grace` seconds after a move: its haproxy
-    serves clients whose ARP caches still point at it."""
+    take its VIPs, unless `force`. For `grace` seconds after a move the peer still
+    serves its established connections and clients whose ARP caches point at it."""
     check_peer(loaded, peer)
     facts = _reachable(hosts, read_all(hosts), peer)
     others = takers(loaded, facts, peer)
@@ -166,8 +165,22 @@ def drain(
             moves = drain_moves(loaded, facts, peer)
             for to in dict.fromkeys(m.to for m in moves):
                 group = [m for m in moves if m.to == to]
+                if grace > 0:
+                    progress(
+                        f"{peer}: serves the connections it has for {grace:g}s after the "
+                        "move (grace)"
+                    )
                 error = move_to(
-                    loaded, live, to, group, progress, timeout, why="a healthy undrained peer"
+                    loaded,
+                    live,
+                    to,
+                    group,
+                    progress,
+                    timeout,
+                    why="a healthy undrained peer",
+                    # The old holder serves its established connections (the new holder
+                    # passes their packets on) and stale ARP caches for the whole grace.
+                    handover_s=max(grace, HANDOVER_S),
                 )
                 if error:
                     raise OperationError(error)
@@ -186,9 +199,6 @@ def drain(
     ]
     if report.stayed:
         progress(f"{peer}: keeps {', '.join(report.stayed)}: no other peer can take them")
-    if report.moved and grace > 0:
-        progress(f"{peer}: drained; its haproxy serves stale ARP caches for {grace:g}s more")
-        time.sleep(grace)
     return report
 
 

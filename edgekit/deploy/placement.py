@@ -221,10 +221,12 @@ def move_to(
     timeout: float,
     *,
     why: str = "their preferred peer",
+    handover_s: float | None = None,
 ) -> str | None:
     """Hand `moves` (VIPs held elsewhere) to `peer`, make-before-break; None or what went
     wrong. The peer must have a higher priority than each holder (its preferred peer,
-    or any peer when the holder is drained)."""
+    or any peer when the holder is drained). For `handover_s` (default HANDOVER_S) after
+    the move the old holder still serves the connections it had."""
     inv = loaded.inventory
     host = hosts[peer]
     instances = [m.instance for m in moves]
@@ -261,8 +263,8 @@ def move_to(
                 return f"{peer}: allowing preempt failed: {allowed.last_line()}"
         arrived_in_time = wait_until(arrived, timeout, interval=0.2)
         took = time.monotonic() - started
-        if arrived_in_time:
-            time.sleep(HANDOVER_S)  # the old holder finishes what it had accepted
+        if arrived_in_time:  # the old holder finishes what it had accepted
+            time.sleep(HANDOVER_S if handover_s is None else handover_s)
     finally:
         restored = host.run(restore_script(), sudo=True, timeout=60)
         for old in olds:

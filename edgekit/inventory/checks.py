@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edgekit.inventory import limits
-from edgekit.inventory.model import Inventory
+from edgekit.inventory.model import Inventory, Peer
 
 # Passwords that scanners try first; the stats page must not accept them.
 COMMON_PASSWORDS = frozenset(
@@ -164,7 +164,7 @@ def _check_vrrp(inv: Inventory) -> Iterator[Problem]:
             )
 
 
-def _vip_prefix_problem(i: int, vip_text: str, prefix: int) -> Problem | None:
+def _vip_prefix_problem(i: int, vip_text: str, prefix: int, peers: int) -> Problem | None:
     if prefix < limits.MIN_VIP_PREFIX:
         return Problem(
             f"vips[{i}].address",
@@ -181,7 +181,52 @@ def _vip_prefix_problem(i: int, vip_text: str, prefix: int) -> Problem | None:
             vip_text,
             "write the segment's prefix, e.g. /24",
         )
+    hosts = 2 ** (32 - prefix) - 2
+    if hosts < peers + 1:
+        return Problem(
+            f"vips[{i}].address",
+            f"the prefix /{prefix} holds {hosts} host addresses, too few for the VIP and "
+            f"{peers} peers: a VIP's prefix is its segment's, which the peers share",
+            vip_text,
+            "write the segment's prefix, e.g. /24",
+        )
     return None
+
+
+def _vip_without_peers(i: int, vip: ipaddress.IPv4Interface, peers: list[Peer]) -> Problem | None:
+    """A VIP whose subnet holds none of the peers as a host: its prefix (or address) is
+    at fault, whichever peer is looked at; None when some peer is a host in it."""
+    net = vip.network
+    ends = (net.network_address, net.broadcast_address)
+    if not peers or any(p.address in net and p.address not in ends for p in peers):
+        return None
+    shown = ", ".join(str(p.address) for p in peers[:3]) + (", ..." if len(peers) > 3 else "")
+    # The longest prefix whose subnet around the VIP would hold every peer.
+    holds = next(
+        (
+            prefix
+            for prefix in range(net.prefixlen - 1, limits.MIN_VIP_PREFIX - 1, -1)
+            if all(
+                p.address in ipaddress.IPv4Network((vip.ip, prefix), strict=False) for p in peers
+            )
+        ),
+        None,
+    )
+    if holds is not None and holds >= limits.WARN_VIP_PREFIX:
+        return Problem(
+            f"vips[{i}].address",
+            f"the prefix /{net.prefixlen} is too narrow: {net} holds none of the peers "
+            f"({shown}), and a VIP's prefix is its segment's, which the peers share",
+            str(vip),
+            f"write the segment's prefix, e.g. {vip.ip}/{limits.WARN_VIP_PREFIX}",
+        )
+    return Problem(
+        f"vips[{i}].address",
+        f"the VIP's subnet {net} holds none of the peers ({shown}): a VIP lives on the "
+        "peers' segment",
+        str(vip),
+        "write a free address of the peers' segment, with its prefix",
+    )
 
 
 def _check_vips(inv: Inventory) -> Iterator[Problem]:
@@ -216,7 +261,7 @@ def _check_vips(inv: Inventory) -> Iterator[Problem]:
                 "write an address on the proxies' own segment, e.g. 10.10.0.100/24",
             )
             continue
-        wide = _vip_prefix_problem(i, str(vip.address), net.prefixlen)
+        wide = _vip_prefix_problem(i, str(vip.address), net.prefixlen, len(inv.peers))
         if wide:
             yield wide
             continue
@@ -227,6 +272,12 @@ def _check_vips(inv: Inventory) -> Iterator[Problem]:
                 str(vip.address),
             )
         addresses.setdefault(str(ip), i)
+        sound_peers = [p for j, p in enumerate(inv.peers) if j not in bad_peers]
+        outsider = _vip_without_peers(i, vip.address, sound_peers)
+        if outsider:
+            yield outsider  # one line for the VIP, not one per peer outside it
+            outside.update(range(len(inv.peers)))
+            continue
         if ip in (net.network_address, net.broadcast_address):
             yield Problem(
                 f"vips[{i}].address",
@@ -277,7 +328,16 @@ def _check_services(inv: Inventory) -> Iterator[Problem]:
     # stats and the stick-table peers both bind the peer's own address; the peers
     # section exists only when a service is sticky.
     if sticky and inv.haproxy.peers_port == inv.stats.port:
-        yield Problem("haproxy.peers_port", "same port as stats.port", inv.haproxy.peers_port)
+        if "peers_port" in inv.haproxy.model_fields_set:
+            yield Problem("haproxy.peers_port", "same port as stats.port", inv.haproxy.peers_port)
+        else:  # the default peers port: the stats port is the key the file holds
+            yield Problem(
+                "stats.port",
+                "same port as haproxy.peers_port, which the stick tables of sticky "
+                f"services bind ({inv.stats.port} by default: the file does not set it)",
+                inv.stats.port,
+                "choose another stats port, or set haproxy.peers_port to a free port",
+            )
     listens: dict[int, str] = {inv.stats.port: "stats.port"}
     if sticky:
         listens.setdefault(inv.haproxy.peers_port, "haproxy.peers_port")
@@ -320,14 +380,29 @@ def _check_ports(inv: Inventory) -> Iterator[Problem]:
     (or would take SSH's place), and the firewall would open SSH to the service's
     clients."""
     ssh = _ssh_ports(inv)
-    binds = [(f"services[{i}].listen", s.listen) for i, s in enumerate(inv.services)]
-    binds.append(("stats.port", inv.stats.port))
+    binds = [(f"services[{i}].listen", s.listen, True) for i, s in enumerate(inv.services)]
+    binds.append(("stats.port", inv.stats.port, "port" in inv.stats.model_fields_set))
     if any(s.sticky for s in inv.services):
-        binds.append(("haproxy.peers_port", inv.haproxy.peers_port))
-    for path, port in binds:
-        if port in ssh:
+        written = "peers_port" in inv.haproxy.model_fields_set
+        binds.append(("haproxy.peers_port", inv.haproxy.peers_port, written))
+    for path, port, written in binds:
+        if port not in ssh:
+            continue
+        if written:
             yield Problem(
                 path, f"same port as {ssh[port]}: SSH needs it", port, "choose another port"
+            )
+        else:  # the default: the SSH port is what the file says, so point at it
+            user = (
+                "the stick tables of sticky services bind"
+                if "peers" in path
+                else "the stats page binds"
+            )
+            yield Problem(
+                ssh[port],
+                f"same port as {path}, which {user} ({port} by default: the file does not set it)",
+                port,
+                f"choose another SSH port, or set {path} to a free port",
             )
 
 

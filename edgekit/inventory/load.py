@@ -66,7 +66,36 @@ TYPE_HINTS = {
     "dict_type": "write a mapping of keys",
     "model_type": "write a mapping of keys",
     "model_attributes_type": "write a mapping of keys",
+    "ip_v4_address": "write four numbers 0-255 with dots between them, without leading "
+    "zeros or a prefix, e.g. 10.10.0.11",
+    "ip_v4_interface": "write an IPv4 address and its prefix, e.g. 10.10.0.100/24",
 }
+# What to add to a range's hint, by key path.
+RANGE_HINTS = {
+    "haproxy.maxconn": "or leave maxconn out for haproxy to derive it from its open-files limit",
+}
+
+
+def _range_hint(kind: str, ctx: dict[str, Any], path: str) -> str | None:
+    """'write at most N' and the like, for a number outside its range."""
+    words = {
+        "less_than_equal": ("at most", "le"),
+        "greater_than_equal": ("at least", "ge"),
+        "less_than": ("less than", "lt"),
+        "greater_than": ("more than", "gt"),
+        "too_short": ("at least", "min_length"),
+        "too_long": ("at most", "max_length"),
+    }.get(kind)
+    if words is None or words[1] not in ctx:
+        return None
+    bound = ctx[words[1]]
+    what = str(bound)
+    if kind.startswith("too_"):
+        what += " item" if bound == 1 else " items"
+    extra = f", {RANGE_HINTS[path]}" if path in RANGE_HINTS else ""
+    return f"write {words[0]} {what}{extra}"
+
+
 # Keys whose value may be a secret typed in the wrong place: never echo it.
 _HIDE_VALUE = frozenset({"password_env", "password_file", "auth_pass_env", "auth_pass_file"})
 
@@ -145,8 +174,16 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
         kind = e["type"]
         if kind == "extra_forbidden":
             key = str(loc[-1])
-            msg = "unknown key" + did_you_mean(key, _fields_at(loc[:-1]))
-            problems.append(Problem(format_path(loc), msg, None))
+            allowed = _fields_at(loc[:-1])
+            close = did_you_mean(key, allowed)
+            # Without a close match: what the place takes (the value is never shown: it
+            # may be a secret typed under the wrong key).
+            hint = (
+                None
+                if close
+                else "remove it" + (f" (the keys here are {', '.join(allowed)})" if allowed else "")
+            )
+            problems.append(Problem(format_path(loc), "unknown key" + close, None, hint))
             continue
         if kind == "missing":
             problems.append(Problem(format_path(loc), "required key is missing", None))
@@ -158,9 +195,8 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
         if "[key]" in e["loc"]:
             msg = f"bad name: {msg}"
         hide = bool(loc) and str(loc[-1]) in _HIDE_VALUE
-        problems.append(
-            Problem(format_path(loc), msg, None if hide else e.get("input"), TYPE_HINTS.get(kind))
-        )
+        hint = TYPE_HINTS.get(kind) or _range_hint(kind, e.get("ctx", {}), format_path(loc))
+        problems.append(Problem(format_path(loc), msg, None if hide else e.get("input"), hint))
     return problems
 
 

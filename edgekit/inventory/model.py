@@ -41,10 +41,29 @@ UrlPath = Annotated[
 ]
 
 
-def _ip_text(value: object) -> object:
+def _ip_text(value: object, example: str = "10.10.0.11") -> object:
+    """An IPv4 address as text: the mistakes pydantic would only call invalid, named."""
     # pydantic would turn an integer into an address (12 -> 0.0.0.12).
     if not isinstance(value, str):
-        raise ValueError("expected an IPv4 address such as 10.10.0.11")
+        raise ValueError(f"expected an IPv4 address such as {example}")
+    if value != value.strip() and value.strip():
+        raise ValueError(f"spaces around the address: write {value.strip()} without them")
+    if ":" in value:
+        address, _, prefix = value.partition("/")
+        try:
+            mapped = ipaddress.IPv6Address(address).ipv4_mapped
+        except ValueError:
+            mapped = None
+        if mapped is None:
+            raise ValueError(
+                f"the VIPs and peers are IPv4, not IPv6: write an IPv4 address such as {example}"
+            )
+        suggestion = str(mapped)
+        if prefix.isdigit() and 96 <= int(prefix) <= 128:
+            suggestion += f"/{int(prefix) - 96}"
+        raise ValueError(
+            f"an IPv4-mapped IPv6 address: the VIPs and peers are IPv4; write {suggestion}"
+        )
     return value
 
 
@@ -110,7 +129,7 @@ class Vip(Strict):
     @field_validator("address", mode="before")
     @classmethod
     def _needs_prefix(cls, value: object) -> object:
-        _ip_text(value)
+        _ip_text(value, "10.10.0.100/24")
         if isinstance(value, str) and "/" not in value:
             raise ValueError("a VIP needs its subnet prefix, e.g. 10.10.0.100/24")
         return value

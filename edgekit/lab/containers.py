@@ -89,7 +89,10 @@ def start(lab: LabInfo, host: LabHost) -> Proc:
     # The host has a network namespace of its own, so its /proc/sys/net may
     # be writable (ip_nonlocal_bind for haproxy on a VIP it does not hold).
     env = {**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
-    return spawn(in_cgroups_argv(cgroups, argv), host_dir(lab, host) / "console.log", env)
+    # `systemctl reboot` inside ends nspawn with 133: the loop boots the host again.
+    return spawn(
+        in_cgroups_argv(cgroups, argv, reboots=True), host_dir(lab, host) / "console.log", env
+    )
 
 
 def init_pid(host: LabHost) -> int | None:

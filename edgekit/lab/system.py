@@ -135,10 +135,24 @@ def make_cgroups(group: str, name: str) -> list[Path]:
     return dirs
 
 
-def in_cgroups_argv(dirs: list[Path], argv: list[str]) -> list[str]:
-    """argv that joins the cgroups first, then execs argv (no preexec_fn: threads are safe)."""
+# Runs "$@" again each time it exits with REBOOT_EXIT (systemd-nspawn's exit code when
+# the container's systemd reboots), as systemd-nspawn@.service does; SIGTERM (lab down)
+# is passed on to it and ends the loop.
+REBOOT_EXIT = 133
+_REBOOT_LOOP = (
+    "stop=0; trap 'stop=1; kill -TERM \"$c\" 2>/dev/null' TERM INT HUP; "
+    'while :; do "$@" & c=$!; rc=0; wait "$c" || rc=$?; '
+    'while kill -0 "$c" 2>/dev/null; do rc=0; wait "$c" || rc=$?; done; '
+    f'[ "$rc" -eq {REBOOT_EXIT} ] && [ "$stop" -eq 0 ] || exit "$rc"; done'
+)
+
+
+def in_cgroups_argv(dirs: list[Path], argv: list[str], *, reboots: bool = False) -> list[str]:
+    """argv that joins the cgroups first, then execs argv (no preexec_fn: threads are
+    safe). With `reboots`, argv runs again whenever it exits asking for a reboot."""
     joins = " && ".join(f'echo $$ > "{d}/cgroup.procs"' for d in dirs)
-    return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
+    body = f"{joins} && {{ {_REBOOT_LOOP}; }}" if reboots else f'{joins} && exec "$@"'
+    return ["/bin/sh", "-c", body, "sh", *argv]
 
 
 def cgroup_pids(directory: Path) -> list[int]:

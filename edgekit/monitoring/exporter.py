@@ -12,6 +12,7 @@ What it reads, at every scrape (nothing is cached, nothing guessed):
   and the become-master / release-master counters;
 - `ip -j -4 addr`: which VIPs this host holds;
 - /run/edgekit/haproxy-down (haproxy.service's drop-in writes it);
+- /var/lib/edgekit/drained, the mark `edgekit drain` writes (keepalived tracks it);
 - the deploy marks in /var/lib/edgekit (applied, pending) and the own-hash headers of
   haproxy.cfg and keepalived.conf, so config drift between peers is a query.
 
@@ -89,6 +90,7 @@ class Sample:
     haproxy_down: str | None = None  # the file's content; None when absent
     applied: str | None = None  # "DEPLOY-ID TIME"
     pending: str | None = None  # "DEPLOY-ID UNIT..."
+    drained: str | None = None  # the drain mark's content; None when absent
     haproxy_cfg_sha256: str = ""
     keepalived_conf_sha256: str = ""
 
@@ -232,6 +234,12 @@ def format_metrics(config: Config, sample: Sample) -> str:
         0 if (sample.haproxy_down or "").strip() == "1" else 1,
     )
     add(
+        "edgekit_drained",
+        "gauge",
+        "1 while this peer is drained (edgekit drain): it takes no VIP while another peer can.",
+        int(_number(sample.drained) != 0),
+    )
+    add(
         "edgekit_config_info",
         "gauge",
         "The sha256 headers of the installed haproxy.cfg and keepalived.conf: equal on "
@@ -259,6 +267,14 @@ def format_metrics(config: Config, sample: Sample) -> str:
     for name, (kind, help_, samples) in families.items():
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *samples]
     return "\n".join(lines) + "\n"
+
+
+def _number(text: str | None) -> int:
+    """What keepalived reads from a tracked file: a number, 0 when absent or not one."""
+    try:
+        return int((text or "0").strip() or "0")
+    except ValueError:
+        return 0
 
 
 def _read(path: str) -> str | None:
@@ -321,6 +337,7 @@ def collect(config: Config, peer: str) -> Sample:
     sample.haproxy_down = _read(f"{config.state_dir}/haproxy-down")
     sample.applied = _read(f"{config.deploy_dir}/applied")
     sample.pending = _read(f"{config.deploy_dir}/pending")
+    sample.drained = _read(f"{config.deploy_dir}/drained")
     sample.haproxy_cfg_sha256 = own_hash(_read(config.haproxy_cfg))
     sample.keepalived_conf_sha256 = own_hash(_read(config.keepalived_conf))
     return sample

@@ -175,6 +175,19 @@ def test_haproxy_down_file_and_pending_mark_show() -> None:
     assert value(m, "edgekit_deploy_pending") == 1
 
 
+def test_the_drain_mark_shows_as_edgekit_drained() -> None:
+    sample = healthy_master()
+    assert value(samples(exporter.format_metrics(CONFIG, sample)), "edgekit_drained") == 0
+    for text, want in (("1\n", 1), ("0\n", 0), ("", 0), ("junk", 0)):
+        sample.drained = text
+        m = samples(exporter.format_metrics(CONFIG, sample))
+        assert value(m, "edgekit_drained", peer="proxy1") == want, text
+    # The exporter reads the file keepalived tracks for the drain.
+    from edgekit import monitoring, render
+
+    assert f"{monitoring.DEPLOY_DIR}/drained" == render.DRAIN_FILE
+
+
 def test_label_values_are_escaped() -> None:
     sample = healthy_master()
     sample.peer = 'x"y\\z'

@@ -64,7 +64,7 @@ EXCLUDED_EVERYWHERE = {
 EXCLUDED = {
     # `. FILE` of a file that exists only on the host (/etc/os-release, the staged
     # /etc/default/haproxy): there is nothing here to follow.
-    "SC1091": {"gather-facts", "validate"},
+    "SC1091": {"gather-facts", "validate", "check-running"},
 }
 
 
@@ -144,6 +144,27 @@ CASES = [
     Case("placement-restore", "placement-restore", restore_script),
     Case("drain-mark", "drain-mark", lambda: mark_script(True)),
     Case("undrain-mark", "drain-mark", lambda: mark_script(False)),
+    Case("boot-id", "boot-id", lambda: scripts.script("boot-id")),
+    Case("reboot", "reboot", lambda: scripts.script("reboot")),
+    Case("upgrade-all", "upgrade", lambda: scripts.script("upgrade", packages=[])),
+    Case("upgrade-some", "upgrade", lambda: scripts.script("upgrade", packages=["haproxy"])),
+    Case("upgrade-plan-all", "upgrade-plan", lambda: scripts.script("upgrade-plan", packages=[])),
+    Case(
+        "upgrade-plan-some",
+        "upgrade-plan",
+        lambda: scripts.script("upgrade-plan", packages=["haproxy", "keepalived"]),
+    ),
+    Case(
+        "check-running",
+        "check-running",
+        lambda: scripts.script(
+            "check-running",
+            haproxy_env="/etc/default/haproxy",
+            haproxy_cfg="/etc/haproxy/haproxy.cfg",
+            keepalived_conf="/etc/keepalived/keepalived.conf",
+            peer="proxy1",
+        ),
+    ),
     Case("handover-give", "handover-give", lambda: give_script([("10.0.0.100", "eth1")])),
     Case(
         "handover-take",
