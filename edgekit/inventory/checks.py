@@ -85,6 +85,16 @@ class Problem:
     hint: str | None = None  # what to write instead, after the value
 
 
+def _a_host(net: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """An example host address of `net` (its 100th, or its last)."""
+    return net.network_address + min(100, net.num_addresses - 2)
+
+
+def _free_vrid(inv: Inventory) -> int:
+    used = {vip.vrid for vip in inv.vips}
+    return next((v for v in range(51, 256) if v not in used), 1)
+
+
 def did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -108,9 +118,19 @@ def check_inventory(inv: Inventory) -> Iterator[Problem]:
 
 def _check_peers(inv: Inventory) -> Iterator[Problem]:
     if len(inv.peers) < 2:
-        yield Problem("peers", "at least 2 peers are needed for failover", len(inv.peers))
+        yield Problem(
+            "peers",
+            "at least 2 peers are needed for failover",
+            len(inv.peers),
+            "list every proxy, each with its name and address",
+        )
     if len(inv.peers) > MAX_PEERS:
-        yield Problem("peers", f"at most {MAX_PEERS} peers are supported", len(inv.peers))
+        yield Problem(
+            "peers",
+            f"at most {MAX_PEERS} peers are supported",
+            len(inv.peers),
+            "split the proxies into several edges (one inventory each)",
+        )
     names: dict[str, int] = {}
     addresses: dict[str, int] = {}
     for i, peer in enumerate(inv.peers):
@@ -119,6 +139,7 @@ def _check_peers(inv: Inventory) -> Iterator[Problem]:
                 f"peers[{i}].name",
                 f"duplicate peer name (also peers[{names[peer.name]}])",
                 peer.name,
+                "give each peer its own name",
             )
         names.setdefault(peer.name, i)
         addr = str(peer.address)
@@ -135,6 +156,7 @@ def _check_peers(inv: Inventory) -> Iterator[Problem]:
                 f"peers[{i}].address",
                 f"duplicate peer address (also peers[{addresses[addr]}])",
                 addr,
+                "write each peer's own address",
             )
         addresses.setdefault(addr, i)
 
@@ -240,10 +262,15 @@ def _check_vips(inv: Inventory) -> Iterator[Problem]:
         net = vip.address.network
         ip = vip.address.ip
         if not 1 <= vip.vrid <= 255:
-            yield Problem(f"vips[{i}].vrid", "VRID must be within 1..255", vip.vrid)
+            yield Problem(
+                f"vips[{i}].vrid", "VRID must be within 1..255", vip.vrid, "write e.g. 51"
+            )
         elif vip.vrid in vrids:
             yield Problem(
-                f"vips[{i}].vrid", f"VRID repeated (also vips[{vrids[vip.vrid]}])", vip.vrid
+                f"vips[{i}].vrid",
+                f"VRID repeated (also vips[{vrids[vip.vrid]}])",
+                vip.vrid,
+                f"write a VRID no other VIP of this segment uses, e.g. {_free_vrid(inv)}",
             )
         vrids.setdefault(vip.vrid, i)
         if vip.preferred and vip.preferred not in peer_names:
@@ -270,6 +297,7 @@ def _check_vips(inv: Inventory) -> Iterator[Problem]:
                 f"vips[{i}].address",
                 f"VIP address repeated (also vips[{addresses[str(ip)]}])",
                 str(vip.address),
+                "remove it, or write another free address",
             )
         addresses.setdefault(str(ip), i)
         sound_peers = [p for j, p in enumerate(inv.peers) if j not in bad_peers]
@@ -283,13 +311,17 @@ def _check_vips(inv: Inventory) -> Iterator[Problem]:
                 f"vips[{i}].address",
                 f"the VIP is the network or broadcast address of {net}, not a host inside it",
                 str(vip.address),
+                f"write a free host address, e.g. {_a_host(net)}/{net.prefixlen}",
             )
         for j, peer in enumerate(inv.peers):
             if j in bad_peers:
                 continue
             if peer.address == ip:
                 yield Problem(
-                    f"vips[{i}].address", f"the VIP equals peers[{j}].address", str(vip.address)
+                    f"vips[{i}].address",
+                    f"the VIP equals peers[{j}].address",
+                    str(vip.address),
+                    "write an address no peer has: the VIP moves between them",
                 )
             elif peer.address not in net:
                 if j not in outside:  # once per peer, not once per VIP
@@ -297,6 +329,8 @@ def _check_vips(inv: Inventory) -> Iterator[Problem]:
                         f"peers[{j}].address",
                         f"peer is outside the subnet {net} of vips[{i}]",
                         str(peer.address),
+                        "write the peer's address on that segment (the one it sends VRRP "
+                        "from), or widen the VIP's prefix",
                     )
                 outside.add(j)
             elif peer.address in (net.network_address, net.broadcast_address):
@@ -315,11 +349,21 @@ def _check_vips(inv: Inventory) -> Iterator[Problem]:
 def _check_backends(inv: Inventory) -> Iterator[Problem]:
     for name, servers in inv.backends.items():
         if not servers:
-            yield Problem(f"backends.{name}", "backend has no servers", [])
+            yield Problem(
+                f"backends.{name}",
+                "backend has no servers",
+                [],
+                "list its servers (- {name: ..., address: ...}), or remove the backend",
+            )
         seen: set[str] = set()
         for i, server in enumerate(servers):
             if server.name in seen:
-                yield Problem(f"backends.{name}[{i}].name", "duplicate server name", server.name)
+                yield Problem(
+                    f"backends.{name}[{i}].name",
+                    "duplicate server name",
+                    server.name,
+                    "give each server of a backend its own name",
+                )
             seen.add(server.name)
 
 
@@ -329,7 +373,12 @@ def _check_services(inv: Inventory) -> Iterator[Problem]:
     # section exists only when a service is sticky.
     if sticky and inv.haproxy.peers_port == inv.stats.port:
         if "peers_port" in inv.haproxy.model_fields_set:
-            yield Problem("haproxy.peers_port", "same port as stats.port", inv.haproxy.peers_port)
+            yield Problem(
+                "haproxy.peers_port",
+                "same port as stats.port",
+                inv.haproxy.peers_port,
+                "choose another port",
+            )
         else:  # the default peers port: the stats port is the key the file holds
             yield Problem(
                 "stats.port",
@@ -348,15 +397,22 @@ def _check_services(inv: Inventory) -> Iterator[Problem]:
                 f"services[{i}].name",
                 "reserved: haproxy.cfg already has a proxy of that name",
                 svc.name,
+                "choose another name, e.g. web-stats",
             )
         elif svc.name in names:
-            yield Problem(f"services[{i}].name", "duplicate service name", svc.name)
+            yield Problem(
+                f"services[{i}].name",
+                "duplicate service name",
+                svc.name,
+                "give each service its own name",
+            )
         names.add(svc.name)
         if svc.listen in listens:
             yield Problem(
                 f"services[{i}].listen",
                 f"listen port already used by {listens[svc.listen]}",
                 svc.listen,
+                "choose another port",
             )
         listens.setdefault(svc.listen, f"services[{i}]")
         if svc.backend not in inv.backends:
@@ -489,9 +545,9 @@ def _check_firewall(inv: Inventory) -> Iterator[Problem]:
 
 def check_password(password: str | None, user: str, source: str) -> Problem | None:
     """The stats password: present, not trivial. `source` is the key it came from."""
-    if not password:
-        return Problem(source, "the stats password is missing or empty")
     strong = "choose a strong one (e.g. `openssl rand -base64 18`)"
+    if not password:
+        return Problem(source, f"the stats password is missing or empty; {strong}")
     if password.lower() == user.lower():
         return Problem(source, f"the stats password equals the user name; {strong}")
     if password.lower() in COMMON_PASSWORDS:
@@ -517,14 +573,14 @@ def check_vrrp_auth(secret: str, source: str) -> Problem | None:
             source,
             f"VRRP PASS authentication takes 1 to {limits.MAX_AUTH_PASS} "
             "printable characters without spaces (keepalived cuts a longer one "
-            "short)",
+            "short); choose one of 8 letters and digits, e.g. from `openssl rand -hex 4`",
         )
     if not secret.isascii() or not secret.isprintable():
         return Problem(
             source,
             "VRRP PASS authentication takes 1 to 8 printable ASCII "
             "characters without spaces or control characters (the secret "
-            "holds another)",
+            "holds another); choose one of letters, digits and ASCII punctuation",
         )
     if any(c.isspace() for c in secret):
         return Problem(

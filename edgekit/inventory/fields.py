@@ -146,6 +146,9 @@ def duration(value: object) -> str:
     return value
 
 
+NIC = ": write the NIC's name, e.g. eth1"
+
+
 def interface_name(value: object) -> object:
     """A Linux interface name, by the kernel's rules (dev_valid_name), and one that
     keepalived.conf can carry unquoted."""
@@ -171,20 +174,21 @@ def interface_name(value: object) -> object:
     if len(value.encode()) > limits.MAX_IFNAME:
         raise ValueError(
             f"an interface name has at most {limits.MAX_IFNAME} characters "
-            f"(the kernel's limit; this one has {len(value.encode())})"
+            f"(the kernel's limit; this one has {len(value.encode())}){NIC}"
         )
     for char, why in (("/", "'/'"), (":", "':' (alias labels such as eth0:1 are not interfaces)")):
         if char in value:
-            raise ValueError(f"the kernel does not allow {why} in an interface name")
+            raise ValueError(f"the kernel does not allow {why} in an interface name{NIC}")
     if any(c.isspace() for c in value):
-        raise ValueError("the kernel does not allow whitespace in an interface name")
+        raise ValueError(f"the kernel does not allow whitespace in an interface name{NIC}")
     if not value.isascii() or not value.isprintable():
         raise ValueError(
-            "an interface name must be printable ASCII (letters, digits, '-', '_', '.', '@')"
+            "an interface name must be printable ASCII (letters, digits, '-', '_', '.', '@')" + NIC
         )
     if value.startswith("-"):
         raise ValueError(
-            "an interface name cannot start with '-' (ip and other tools would read an option)"
+            "an interface name cannot start with '-' (ip and other tools would read an "
+            f"option){NIC}"
         )
     bad = sorted({c for c in value if c in "{}#!\"'\\;$`"})
     if bad:
@@ -208,11 +212,16 @@ def ssh_user(value: object) -> object:
             "a user name cannot contain whitespace: write the remote login name, e.g. debian"
         )
     if not value.isprintable():
-        raise ValueError("a user name cannot contain control characters")
+        raise ValueError("a user name cannot contain control characters: write e.g. debian")
     if value.startswith("-"):
-        raise ValueError("a user name cannot start with '-' (ssh would read an option)")
+        raise ValueError(
+            "a user name cannot start with '-' (ssh would read an option): write e.g. debian"
+        )
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\$?", value):
-        raise ValueError("a user name takes letters, digits, '_', '.', '-' and '@' (at most 64)")
+        raise ValueError(
+            "a user name takes letters, digits, '_', '.', '-' and '@' (at most 64): "
+            "write e.g. debian"
+        )
     return value
 
 
@@ -233,7 +242,10 @@ def ssh_host(value: object) -> object:
     if ":" in value:
         raise ValueError("write the port in ssh_port, not after the host")
     if not HOST_RE.match(value):
-        raise ValueError("must be a host name (letters, digits, '-', '.') or an IP address")
+        raise ValueError(
+            "must be a host name (letters, digits, '-', '.') or an IP address: write "
+            "e.g. edge1.example.net or 192.168.56.11"
+        )
     return value
 
 
@@ -254,7 +266,7 @@ def server_address(value: str) -> str:
         if all(label.isdigit() for label in value.split(".")):
             raise ValueError(
                 "not a valid IPv4 address (four numbers 0-255, without leading "
-                "zeros) nor a host name"
+                "zeros) nor a host name: write e.g. 10.10.0.125 or controller0.internal"
             )
         return value
     first = int(match.group(1))
@@ -436,10 +448,14 @@ def haproxy_option(value: object) -> object:
         )
     if len(value) > limits.MAX_OPTION_CHARS:
         raise ValueError(
-            f"longer than {limits.MAX_OPTION_CHARS} characters: haproxy refuses such lines"
+            f"longer than {limits.MAX_OPTION_CHARS} characters: haproxy refuses such lines; "
+            "split it into several lines"
         )
     if len(value.split()) > limits.MAX_OPTION_WORDS:
-        raise ValueError(f"more than {limits.MAX_OPTION_WORDS} words: haproxy refuses such lines")
+        raise ValueError(
+            f"more than {limits.MAX_OPTION_WORDS} words: haproxy refuses such lines; split "
+            "it into several lines"
+        )
     words = haproxy_words(value)
     if not words:
         raise ValueError("an empty line: remove the item")

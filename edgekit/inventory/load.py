@@ -44,13 +44,16 @@ __all__ = [
 ]
 
 PATTERN_HELP = {
-    NAME_RE: "must be a lowercase name: a-z, 0-9 and '-', at most 63 characters",
-    PATH_RE: "must be a path starting with '/', without spaces, '#', quotes or backslashes",
-    STATS_USER_RE: "may hold only letters, digits, '_', '.' and '-'",
-    HOST_RE: "must be an IPv4 address or a host name",
-    HOST_HEADER_RE: "must be a host name, optionally with :port",
+    NAME_RE: "must be a lowercase name: a-z, 0-9 and '-', at most 63 characters; write "
+    "e.g. boston-edge",
+    PATH_RE: "must be a path starting with '/', without spaces, '#', quotes or backslashes; "
+    "write e.g. /healthz",
+    STATS_USER_RE: "may hold only letters, digits, '_', '.' and '-'; write e.g. admin",
+    HOST_RE: "must be an IPv4 address or a host name; write e.g. 10.10.0.125 or "
+    "controller0.internal",
+    HOST_HEADER_RE: "must be a host name, optionally with :port; write e.g. api.example.net",
     ENV_RE: "must name an environment variable (letters, digits and '_'), not hold the "
-    "secret itself",
+    "secret itself; write e.g. EDGEKIT_STATS_PASSWORD and export the secret there",
 }
 # What to write instead, by pydantic's error type.
 TYPE_HINTS = {
@@ -186,7 +189,7 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
             problems.append(Problem(format_path(loc), "unknown key" + close, None, hint))
             continue
         if kind == "missing":
-            problems.append(Problem(format_path(loc), "required key is missing", None))
+            problems.append(Problem(format_path(loc), "required key is missing", None, "add it"))
             continue
         msg = PATTERN_HELP.get(str(e.get("ctx", {}).get("pattern")), e["msg"])
         if msg.startswith("Value error, "):
@@ -197,7 +200,19 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
         hide = bool(loc) and str(loc[-1]) in _HIDE_VALUE
         hint = TYPE_HINTS.get(kind) or _range_hint(kind, e.get("ctx", {}), format_path(loc))
         problems.append(Problem(format_path(loc), msg, None if hide else e.get("input"), hint))
-    return problems
+    return _misspelt_is_not_missing(problems)
+
+
+def _misspelt_is_not_missing(problems: list[Problem]) -> list[Problem]:
+    """`Services:` is one mistake: the unknown key says "did you mean 'services'?", so
+    the required key it stands for is not also reported missing."""
+    meant = set()
+    for p in problems:
+        if p.message.startswith("unknown key; did you mean '"):
+            parent = p.path.rpartition(".")[0] if "." in p.path else ""
+            key = p.message.split("'")[1]
+            meant.add(f"{parent}.{key}" if parent else key)
+    return [p for p in problems if not (p.message == "required key is missing" and p.path in meant)]
 
 
 def _locate(

@@ -110,6 +110,15 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+# What to write instead, for the YAML syntax errors an inventory most often has.
+_SYNTAX_HINTS = [
+    ("tab character", "indent with spaces"),
+    ("another document", "keep one document: remove the '---' line and what follows"),
+    ("undefined alias", "define the anchor (&name) before the alias (*name) that uses it"),
+    ("maximum nesting depth", "write edge.yaml's keys as edgekit init's example does"),
+]
+
+
 def _syntax_error(name: str, text: str, exc: Exception) -> InventoryError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line = mark.line + 1 if mark is not None else None
@@ -127,6 +136,8 @@ def _syntax_error(name: str, text: str, exc: Exception) -> InventoryError:
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         if "maximum nesting depth" in what:
             what += f" (edgekit reads at most {limits.MAX_DEPTH} levels)"
+    hint = next((h for part, h in _SYNTAX_HINTS if part in what), None)
+    what += f"; {hint}" if hint else ""
     return InventoryError([Located(name, line, None, f"YAML syntax error: {what}")])
 
 
@@ -185,7 +196,10 @@ def _surprise(node: yaml.ScalarNode) -> str | None:
     text = str(node.value)
     if node.tag in (_INT, _FLOAT):
         if len(text) > limits.MAX_NUMBER_CHARS:
-            return f"a number of {len(text)} characters is not a value edgekit takes"
+            return (
+                f"a number of {len(text)} characters is not a value edgekit takes; write "
+                f"at most {limits.MAX_NUMBER_CHARS} digits"
+            )
         if _OCTAL.match(text):
             if node.tag == _INT:
                 return (
@@ -252,7 +266,8 @@ def _walk(root: yaml.Node, name: str) -> tuple[dict[Loc, int], list[Located]]:
                     lines.get(loc, node.start_mark.line + 1),
                     format_path(loc[:2]),
                     f"nested more than {limits.MAX_DEPTH} levels deep "
-                    "below here; edge.yaml needs about 5",
+                    "below here; edge.yaml needs about 5: write its keys as edgekit "
+                    "init's example does",
                 )
             )
             continue
@@ -298,7 +313,7 @@ def _walk(root: yaml.Node, name: str) -> tuple[dict[Loc, int], list[Located]]:
                             name,
                             line,
                             format_path(sub),
-                            f"key repeated (first at line {first[text]})",
+                            f"key repeated (first at line {first[text]}): keep one of them",
                         )
                     )
                 first.setdefault(text, line)
@@ -401,7 +416,9 @@ def parse(text: str, name: str) -> Document:
                     name,
                     node.start_mark.line + 1,
                     "(top level)",
-                    f"the inventory must be a mapping of keys (got {kind})",
+                    f"the inventory must be a mapping of keys (got {kind}); write "
+                    "cluster:, vips:, peers: ... at the top level (edgekit init writes "
+                    "an example)",
                 )
             ]
         )

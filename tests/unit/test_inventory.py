@@ -332,7 +332,9 @@ def test_rejects_a_repeated_yaml_key(tmp_path: Path) -> None:
     text = yaml.safe_dump(ISSUE_EXAMPLE, sort_keys=False)
     text = text.replace("cluster: boston-edge\n", "cluster: boston-edge\ncluster: other\n")
     line = only_error(tmp_path, text)
-    assert line == f"{tmp_path / 'edge.yaml'}:2: cluster: key repeated (first at line 1)"
+    assert line == (
+        f"{tmp_path / 'edge.yaml'}:2: cluster: key repeated (first at line 1): keep one of them"
+    )
 
 
 def test_rejects_a_file_that_is_not_utf8(tmp_path: Path) -> None:
@@ -805,7 +807,7 @@ def test_error_lines_name_file_line_key_and_value(tmp_path: Path) -> None:
     assert match, line
     assert match["file"] == str(tmp_path / "edge.yaml")
     assert match["path"] == "peers[1].address"
-    assert match["msg"].endswith("(got '10.10.0.11')")
+    assert match["msg"].endswith("(got '10.10.0.11'); write each peer's own address")
 
 
 def test_line_numbers_point_at_the_faulty_key(tmp_path: Path) -> None:
@@ -822,6 +824,13 @@ def test_line_numbers_point_at_the_faulty_key(tmp_path: Path) -> None:
         assert key in src[int(match["line"]) - 1], (line, src[int(match["line"]) - 1])
     assert lines[0].startswith(f"{tmp_path / 'edge.yaml'}:16: peers[1].address")
     assert lines[1].startswith(f"{tmp_path / 'edge.yaml'}:28: services[1].listen")
+
+
+@pytest.mark.parametrize("key", ["Services", "sеrvices", "servics"])
+def test_a_misspelt_required_key_is_one_problem(tmp_path: Path, key: str) -> None:
+    data = inventory()
+    data[key] = data.pop("services")
+    assert_problem(only_error(tmp_path, data), key, "unknown key; did you mean 'services'?")
 
 
 def test_keys_with_brackets_do_not_crash_the_line_lookup(tmp_path: Path) -> None:
@@ -995,13 +1004,14 @@ def test_validate_json_error_is_one_object_on_stdout(tmp_path: Path) -> None:
                 "file": str(path),
                 "line": 15,
                 "path": "peers[1].address",
-                "message": "duplicate peer address (also peers[0]) (got '10.10.0.11')",
+                "message": "duplicate peer address (also peers[0]) (got '10.10.0.11'); "
+                "write each peer's own address",
             },
             {
                 "file": str(path),
                 "line": 10,
                 "path": "vips[0].vrid",
-                "message": "VRID must be within 1..255 (got 256)",
+                "message": "VRID must be within 1..255 (got 256); write e.g. 51",
             },
         ],
     }
