@@ -173,3 +173,21 @@ def upgrade(
     if not json_out:
         note(f"upgraded: {', '.join(report.upgraded) or 'nothing to upgrade'}")
     return int(ExitCode.OK)
+
+
+@app.command()
+def retire(
+    peer: Peer,
+    inventory: Inv = Path("edge.yaml"),
+    peers: Peers = None,
+    grace: Grace = 10.0,
+    timeout: Timeout = 30.0,
+) -> int:
+    """Take PEER out of the cluster: drain it, then stop keepalived there and remove
+    edgekit's firewall. Then delete it from the inventory and deploy."""
+    from edgekit.deploy.maintenance import retire as retire_peer
+
+    with _peers(inventory, peers) as (loaded, hosts, progress):
+        retire_peer(loaded, hosts, peer, progress, grace=grace, timeout=timeout)
+    note(f"{peer}: retired; now remove it from {inventory} and run edgekit deploy")
+    return int(ExitCode.OK)

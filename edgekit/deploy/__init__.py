@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -18,7 +19,15 @@ from edgekit import firewall
 from edgekit.deploy import confirm as fw_load
 from edgekit.deploy import lock as deploy_lock
 from edgekit.deploy import placement
-from edgekit.deploy.apply import ApplyError, Timing, apply_host, converge_host, sweep
+from edgekit.deploy.apply import (
+    ApplyError,
+    Timing,
+    apply_host,
+    converge_host,
+    service_actions,
+    sweep,
+)
+from edgekit.deploy.drain import drained_for_restart
 from edgekit.deploy.plan import HostPlan, plan_host
 from edgekit.errors import EdgekitError, InputError, OperationError
 from edgekit.facts import (
@@ -34,7 +43,7 @@ from edgekit.inventory import Loaded, maxconn_refusal
 from edgekit.net import tcp_answers
 from edgekit.progress import Progress, silent, wait_until
 from edgekit.remote import HostError, Transport
-from edgekit.render import RenderedFile, firewall_hash, render_all
+from edgekit.render import KEEPALIVED_CONF, RenderedFile, firewall_hash, render_all
 
 
 class FirewallAction(StrEnum):
@@ -287,11 +296,9 @@ def apply(
     (that host is rolled back). `answers(address, port)` checks a service through a VIP
     (a TCP connect by default)."""
     timing = timing or Timing()
-    inv = the_plan.loaded.inventory
     report = DeployReport(the_plan, holders=the_plan.holders())
     if not the_plan.pending:
         return report
-    instances = [f"VI_{v.vrid}" for v in inv.vips]
     deploy_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     order = the_plan.order()
     try:
@@ -302,42 +309,19 @@ def apply(
                 stale = the_plan.stale_actions(name)
                 progress(f"{name}: applying ({len(host_plan.changes)} file(s) differ)")
                 _clean_up_stopped(hosts[name], the_plan.facts[name], progress)
-                if host_plan.changed:
-                    apply_host(
-                        hosts[name],
-                        name,
-                        host_plan,
-                        the_plan.files[name],
-                        the_plan.facts[name],
-                        instances,
-                        inv.stats.port,
-                        progress,
-                        firewall_load=action is FirewallAction.LOAD,
-                        timing=timing,
-                        deploy_id=deploy_id,
-                        stale=stale,
-                    )
-                elif stale or the_plan.unfinished(name):
-                    progress(
-                        f"{name}: converging after a stopped deploy"
-                        + "".join(f" ({verb} {unit})" for unit, verb in stale.items())
-                    )
-                    converge_host(
-                        hosts[name],
-                        stale,
-                        the_plan.facts[name],
-                        instances,
-                        inv.stats.port,
-                        progress,
-                        timing=timing,
-                        deploy_id=deploy_id,
-                    )
+                restarts = _restarts(host_plan, the_plan.facts[name], stale)
+                with (
+                    drained_for_restart(the_plan.loaded, hosts, name, progress)
+                    if restarts
+                    else nullcontext()
+                ):
+                    _apply_one(the_plan, hosts, name, progress, timing, deploy_id)
                 if action is FirewallAction.REMOVE:
                     _remove_firewall(hosts[name], progress)
                 report.applied.append(name)
                 progress(f"{name}: healthy")
-    except (ApplyError, HostError) as exc:
-        report.failed = getattr(exc, "host", None) or "?"
+    except (ApplyError, HostError, OperationError) as exc:  # OperationError: a drain
+        report.failed = getattr(exc, "host", None) or name
         report.error = str(exc)
         return report
     _verify(
@@ -395,6 +379,63 @@ def local_address_towards(address: str) -> str | None:
             return str(s.getsockname()[0])
     except OSError:
         return None
+
+
+def _restarts(host_plan: HostPlan, facts: HostFacts, stale: dict[str, str]) -> bool:
+    """Whether applying this host restarts haproxy or keepalived (not a reload) while
+    its running keepalived can be drained (its config is edgekit's, with the drain
+    mark: a first deploy over another keepalived.conf cannot move VIPs this way)."""
+    live = facts.files.get(KEEPALIVED_CONF)
+    if live is None or live.content is None or "track_file edgekit_drained" not in live.content:
+        return False
+    actions = service_actions(host_plan, facts.units) if host_plan.changed else []
+    return any(a.startswith("systemctl restart") for a in actions) or "restart" in stale.values()
+
+
+def _apply_one(
+    the_plan: DeployPlan,
+    hosts: Mapping[str, Transport],
+    name: str,
+    progress: Progress,
+    timing: Timing,
+    deploy_id: str,
+) -> None:
+    """Install one host's changed files and reload, or converge what a stopped deploy
+    left there."""
+    inv = the_plan.loaded.inventory
+    instances = [f"VI_{v.vrid}" for v in inv.vips]
+    host_plan = the_plan.hosts[name]
+    stale = the_plan.stale_actions(name)
+    if host_plan.changed:
+        apply_host(
+            hosts[name],
+            name,
+            host_plan,
+            the_plan.files[name],
+            the_plan.facts[name],
+            instances,
+            inv.stats.port,
+            progress,
+            firewall_load=the_plan.firewall.get(name) is FirewallAction.LOAD,
+            timing=timing,
+            deploy_id=deploy_id,
+            stale=stale,
+        )
+    elif stale or the_plan.unfinished(name):
+        progress(
+            f"{name}: converging after a stopped deploy"
+            + "".join(f" ({verb} {unit})" for unit, verb in stale.items())
+        )
+        converge_host(
+            hosts[name],
+            stale,
+            the_plan.facts[name],
+            instances,
+            inv.stats.port,
+            progress,
+            timing=timing,
+            deploy_id=deploy_id,
+        )
 
 
 def _verify(

@@ -17,7 +17,8 @@ the inventory prefers on that peer, make-before-break as well.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from edgekit.deploy import lock as deploy_lock
@@ -159,32 +160,7 @@ def drain(
     report = DrainReport(peer, drained=False, already=facts[peer].drained)
     with deploy_lock.host_locks(live, deploy_lock.owner()):
         try:
-            set_mark(hosts[peer], True)
-            progress(f"{peer}: drained mark set (priority at the floor for every VIP)")
-            facts = {n: gather(h, []) for n, h in live.items()}
-            moves = drain_moves(loaded, facts, peer)
-            for to in dict.fromkeys(m.to for m in moves):
-                group = [m for m in moves if m.to == to]
-                if grace > 0:
-                    progress(
-                        f"{peer}: serves the connections it has for {grace:g}s after the "
-                        "move (grace)"
-                    )
-                error = move_to(
-                    loaded,
-                    live,
-                    to,
-                    group,
-                    progress,
-                    timeout,
-                    why="a healthy undrained peer",
-                    # The old holder serves its established connections (the new holder
-                    # passes their packets on) and stale ARP caches for the whole grace.
-                    handover_s=max(grace, HANDOVER_S),
-                )
-                if error:
-                    raise OperationError(error)
-                report.moved.extend(group)
+            report.moved = give_away(loaded, live, peer, progress, grace=grace, timeout=timeout)
         except (KeyboardInterrupt, EdgekitError) as exc:
             # Either whole or not at all: a peer that still holds a VIP is undrained.
             state = _settle(loaded, live, peer)
@@ -200,6 +176,67 @@ def drain(
     if report.stayed:
         progress(f"{peer}: keeps {', '.join(report.stayed)}: no other peer can take them")
     return report
+
+
+def give_away(
+    loaded: Loaded,
+    hosts: Mapping[str, Transport],
+    peer: str,
+    progress: Progress,
+    *,
+    grace: float,
+    timeout: float,
+) -> list[Move]:
+    """The drain itself, under locks the caller holds: the mark, then each VIP `peer`
+    holds to another ready peer, make-before-break (OperationError when one does not
+    move). For `grace` seconds after a move the peer still serves its established
+    connections (the new holder passes their packets on) and stale ARP caches."""
+    set_mark(hosts[peer], True)
+    progress(f"{peer}: drained mark set (priority at the floor for every VIP)")
+    facts = {n: gather(h, []) for n, h in hosts.items()}
+    moves = drain_moves(loaded, facts, peer)
+    for to in dict.fromkeys(m.to for m in moves):
+        group = [m for m in moves if m.to == to]
+        if grace > 0:
+            progress(f"{peer}: serves the connections it has for {grace:g}s after the move")
+        error = move_to(
+            loaded,
+            hosts,
+            to,
+            group,
+            progress,
+            timeout,
+            why="a healthy undrained peer",
+            handover_s=max(grace, HANDOVER_S),
+        )
+        if error:
+            raise OperationError(error)
+    return moves
+
+
+@contextmanager
+def drained_for_restart(
+    loaded: Loaded, hosts: Mapping[str, Transport], peer: str, progress: Progress
+) -> Iterator[None]:
+    """For a deploy that restarts haproxy or keepalived on `peer` (under the locks it
+    holds): a restart would move the peer's VIPs break-before-make (haproxy down is
+    FAULT, a stopping keepalived sends priority 0), so when it holds a VIP and another
+    peer can take it, the VIPs move first, make-before-break, and the peer is undrained
+    after the restart. A failed restart leaves it drained (its VIPs are elsewhere)."""
+    facts = {n: gather(h, []) for n, h in hosts.items()}
+    holds = any(facts[peer].holds(v.address) for v in loaded.inventory.vips)
+    if not holds or facts[peer].drained or not takers(loaded, facts, peer):
+        yield
+        return
+    progress(f"{peer}: restarts a unit while holding VIPs: draining it first")
+    give_away(loaded, hosts, peer, progress, grace=0.0, timeout=30.0)
+    try:
+        yield
+    except BaseException:
+        progress(f"{peer}: left drained after the failed restart (edgekit undrain {peer})")
+        raise
+    set_mark(hosts[peer], False)
+    progress(f"{peer}: undrained after the restart")
 
 
 def _settle(loaded: Loaded, hosts: Mapping[str, Transport], peer: str) -> bool:

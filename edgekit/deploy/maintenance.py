@@ -109,6 +109,41 @@ def reboot(
     undrain(loaded, hosts, peer, progress, timeout=timeout)
 
 
+def retire(
+    loaded: Loaded,
+    hosts: Mapping[str, Transport],
+    peer: str,
+    progress: Progress,
+    *,
+    grace: float,
+    timeout: float = 30.0,
+) -> None:
+    """Take `peer` out of the cluster: drain it (its VIPs move make-before-break; refused
+    when it is the last healthy peer), then stop and disable keepalived and remove
+    edgekit's firewall there. Remove it from the inventory and deploy next: the others
+    then drop it from their peer lists."""
+    from edgekit import firewall
+    from edgekit.deploy import lock as deploy_lock
+
+    drain(loaded, hosts, peer, progress, grace=grace, timeout=timeout)
+    host = hosts[peer]
+    with deploy_lock.host_locks({peer: host}, deploy_lock.owner()):
+        host.check(
+            script(
+                "retire",
+                unit=firewall.UNIT,
+                table=firewall.TABLE,
+                ruleset=firewall.RULESET,
+                unit_path=firewall.UNIT_PATH,
+                ruleset_dir=firewall.RULESET.rsplit("/", 1)[0],
+            ),
+            "retiring (keepalived stopped and disabled, firewall removed)",
+            sudo=True,
+            timeout=120,
+        )
+    progress(f"{peer}: retired: keepalived stopped and disabled, edgekit's firewall removed")
+
+
 @dataclass(frozen=True)
 class _Step:
     """How each peer is upgraded."""

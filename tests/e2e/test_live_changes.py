@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +51,10 @@ def vips_of(inventory: Path) -> list[str]:
 
 
 def deploy_under_traffic(
-    lab: Any, before: Path, after: Path
+    lab: Any, before: Path, after: Path, first: list[str] | None = None
 ) -> tuple[Any, list[Any], list[Any], list[str]]:
-    """Deploy `after` over `before` while probing and watching every VIP of either."""
+    """Deploy `after` over `before` while probing and watching every VIP of either;
+    `first`: an edgekit command to run just before the deploy (which must succeed)."""
     vips = list(dict.fromkeys(vips_of(before) + vips_of(after)))
     # Probed: the VIPs served before and after (one being added is not served yet; one
     # being removed stops answering, which is what removing it means).
@@ -64,7 +67,12 @@ def deploy_under_traffic(
     ).start()
     try:
         time.sleep(1.5)
+        if first:
+            ran = edgekit(*first)
+            print(ran.stderr)
+            assert ran.returncode == 0, ran.stderr
         result = edgekit("deploy", "-i", str(after), "--yes")
+        print(result.stderr)
         time.sleep(1.5)
     finally:
         probes = prober.stop()
@@ -131,6 +139,16 @@ def _add_vip(data: dict[str, Any], lab: Any) -> dict[str, Any]:
     return out
 
 
+@change("rotate the stats password")
+def _rotate_password(data: dict[str, Any], lab: Any) -> dict[str, Any]:
+    out = copy(data)
+    rotated = Path(lab.state_dir) / "stats-password-rotated"
+    rotated.write_text("rotated-" + Path(out["stats"]["password_file"]).read_text().strip())
+    rotated.chmod(0o600)
+    out["stats"]["password_file"] = str(rotated)
+    return out
+
+
 @pytest.mark.parametrize("name", list(CHANGES))
 def test_a_live_change_fails_no_request_and_never_doubles_a_holder(
     lab: Any, tmp_path: Path, name: str
@@ -144,6 +162,13 @@ def test_a_live_change_fails_no_request_and_never_doubles_a_holder(
     for step, (before, after) in enumerate(((original, changed), (changed, original))):
         result, probes, samples, vips = deploy_under_traffic(lab, before, after)
         assert result.returncode == 0, result.stderr
+        if name == "rotate the stats password":
+            # The password is in haproxy's environment: a restart, peer by peer, each
+            # after its backup (the holder of the VIP last).
+            restarts = re.findall(r"^(proxy\d): systemctl restart haproxy", result.stderr, re.M)
+            holder = json.loads(edgekit("status", "-i", str(after), "--json").stdout)
+            assert sorted(restarts) == ["proxy1", "proxy2"], result.stderr
+            assert restarts[-1] == holder["vip_holders"][lab.vip][0], (restarts, holder)
         figures = {"change": name, "direction": "forward" if step == 0 else "back"}
         assert_no_failed_request_and_one_holder(lab, probes, samples, vips, figures)
         assert edgekit("status", "-i", str(after)).returncode == 0
@@ -168,3 +193,49 @@ def test_adding_a_third_peer_fails_no_request_and_never_doubles_a_holder(
     assert_no_failed_request_and_one_holder(lab, probes, samples, vips, figures)
     code = edgekit("status", "-i", str(after))
     assert code.returncode == 0, code.stdout
+
+
+def test_removing_a_peer_moves_its_vip_first_and_fails_no_request(
+    lab_cycle: None, tmp_path: Path
+) -> None:
+    """proxy3 holds the VIP; `edgekit retire proxy3` drains it (make-before-break), stops
+    keepalived there and removes edgekit's firewall; then a deploy of the inventory
+    without it drops it from the others' peer lists. All under traffic."""
+    from edgekit.lab import local
+
+    lab = local.up(peers=3, backends=3)
+    three = yaml.safe_load(Path(lab.inventory).read_text())
+    three["vips"][0]["preferred"] = "proxy3"
+    three["firewall"] = {"enabled": True}
+    two = copy(three)
+    two["peers"] = [p for p in two["peers"] if p["name"] != "proxy3"]
+    del two["vips"][0]["preferred"]
+    before, after = write(tmp_path, "three", three, lab), write(tmp_path, "two", two, lab)
+    deployed = edgekit("deploy", "-i", str(before), "--yes")
+    assert deployed.returncode == 0, deployed.stderr
+    status = json.loads(edgekit("status", "-i", str(before), "--json").stdout)
+    assert status["vip_holders"] == {lab.vip: ["proxy3"]}, status
+
+    retire = ["retire", "proxy3", "-i", str(before), "--grace", "2"]
+    result, probes, samples, vips = deploy_under_traffic(lab, before, after, first=retire)
+
+    assert result.returncode == 0, result.stderr
+    figures = {"change": "remove a peer (the VIP holder)", "direction": "forward"}
+    assert_no_failed_request_and_one_holder(lab, probes, samples, vips, figures)
+    code = edgekit("status", "-i", str(after))
+    assert code.returncode == 0, code.stdout
+
+    def on_proxy3(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(local.ssh_argv("proxy3", [command]), capture_output=True, text=True)
+
+    assert on_proxy3("systemctl is-active keepalived").stdout.strip() == "inactive"
+    assert on_proxy3("systemctl is-enabled keepalived").stdout.strip() == "disabled"
+    assert on_proxy3("sudo nft list table inet edgekit").returncode != 0
+    assert on_proxy3("sudo ip -4 -o addr show").stdout.count(f" {lab.vip}/") == 0
+    # The others no longer list proxy3 as a VRRP peer.
+    p1 = subprocess.run(
+        local.ssh_argv("proxy1", ["sudo cat /etc/keepalived/keepalived.conf"]),
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "proxy3" not in p1 and str(three["peers"][2]["address"]) not in p1

@@ -145,6 +145,18 @@ CASES = [
     Case("drain-mark", "drain-mark", lambda: mark_script(True)),
     Case("undrain-mark", "drain-mark", lambda: mark_script(False)),
     Case("boot-id", "boot-id", lambda: scripts.script("boot-id")),
+    Case(
+        "retire",
+        "retire",
+        lambda: scripts.script(
+            "retire",
+            unit=firewall.UNIT,
+            table=firewall.TABLE,
+            ruleset=firewall.RULESET,
+            unit_path=firewall.UNIT_PATH,
+            ruleset_dir="/etc/edgekit",
+        ),
+    ),
     Case("reboot", "reboot", lambda: scripts.script("reboot")),
     Case("upgrade-all", "upgrade", lambda: scripts.script("upgrade", packages=[])),
     Case("upgrade-some", "upgrade", lambda: scripts.script("upgrade", packages=["haproxy"])),
