@@ -189,7 +189,10 @@ def run_scenario(
             progress(f"{name}: {scenario.description} ({result.holder}: {', '.join(held)})")
             result.fault_t = time.time()
             try:
-                scenario.inject(fault)
+                try:
+                    scenario.inject(fault)
+                except EdgekitError as exc:  # a drain that could not move the VIP, say
+                    result.error = f"inject failed: {exc}"
                 _wait_move(watcher, result.holder, held, peers, opts.hold_s, opts.move_wait_s)
                 if scenario.self_restoring:
                     # The fault undoes itself; give it that time.
@@ -200,7 +203,9 @@ def run_scenario(
                 try:
                     scenario.restore(fault)
                 except EdgekitError as exc:
-                    result.error = f"restore failed: {exc}"
+                    result.error = "; ".join(
+                        e for e in (result.error, f"restore failed: {exc}") if e
+                    )
             progress(f"{name}: restored; waiting for the cluster to be healthy")
             result.recovered = wait_healthy(loaded, hosts, opts.recover_timeout_s, opts.allow_drift)
             time.sleep(opts.settle_s)

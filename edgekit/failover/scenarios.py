@@ -56,6 +56,7 @@ class Scenario:
             "description": self.description,
             "budget_s": self.budget_s,
             "needs": sorted(self.needs),
+            "default": self.default,
         }
 
 
