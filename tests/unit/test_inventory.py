@@ -228,6 +228,8 @@ def test_broken_inventory_exits_2_with_one_line_on_stderr(path: Path) -> None:
 # haproxy -c runs, so this stays fast).
 AUDIT_CLASSES = (
     "opts-file-",
+    "opts-section-hex-escape",
+    "opts-escape-makes-",
     "opts-env-fetch-",
     "env-",
     "iface-vrrp-all",
