@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
+import time
 from dataclasses import dataclass
 
 from edgekit import firewall
@@ -338,7 +340,16 @@ def converge_host(
     return ApplyResult(host.name, [], actions)
 
 
+# For tests only: seconds to wait after the files are installed and before the first
+# reload, so that a deploy killed then is known to leave new files and old daemons.
+PAUSE_ENV = "EDGEKIT_TEST_PAUSE_BEFORE_RELOAD"
+
+
 def _run_actions(host: Transport, actions: list[str], progress: Progress) -> str | None:
+    pause = float(os.environ.get(PAUSE_ENV) or 0)
+    if pause > 0 and actions:
+        progress(f"{host.name}: pausing {pause:g}s before {actions[0]} ({PAUSE_ENV})")
+        time.sleep(pause)
     for cmd in actions:
         progress(f"{host.name}: {cmd}")
         result = host.run(cmd, sudo=True, timeout=60)

@@ -183,16 +183,19 @@ def test_a_deploy_from_another_machine_is_refused_by_the_host_lock_until_it_drop
 KILL_POINTS = {
     "before-install": r"proxy\d: applying \(",
     "mid-install": r"proxy\d: validated \(.*installing",
-    "before-reload": r"proxy\d: systemctl (reload|restart) haproxy",
+    # The deploy pauses there (a test-only setting): the files are installed and haproxy
+    # still runs the old ones when it dies - the case that must not pass for healthy.
+    "before-reload": r"proxy\d: pausing .* before systemctl (reload|restart) haproxy",
     "after-reload": r"proxy\d: waiting until healthy",
 }
+PAUSE = {"EDGEKIT_TEST_PAUSE_BEFORE_RELOAD": "3"}
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_kill_9_at_each_point_then_status_is_right_and_a_rerun_converges(
     lab: Any, lab_ssh: Any, inventories: dict[str, Path], point: str
 ) -> None:
-    run = Deploy(inventories["fewer"])
+    run = Deploy(inventories["fewer"], env=PAUSE if point == "before-reload" else None)
     line = run.wait_for(KILL_POINTS[point])
     run.kill()
     host = line.split(":", 1)[0].strip()
@@ -202,10 +205,15 @@ def test_kill_9_at_each_point_then_status_is_right_and_a_rerun_converges(
     on_disk = installed_servers(lab_ssh, host)["http"]
     stale = f"{host}: haproxy runs an older config than /etc/haproxy/haproxy.cfg"
     print(f"{point}: killed at {line.strip()!r}; running == installed: {running == on_disk}")
+    if point == "before-reload":
+        assert running != on_disk, (running, on_disk)  # the pause made sure of it
     if running != on_disk:  # the bug this guards against: new file, old haproxy
         assert code == 1 and any(p.startswith(stale) for p in data["problems"]), data
+        dry = edgekit("deploy", "-i", str(inventories["fewer"]), "--dry-run")
+        assert dry.returncode == 3 and "will reload" in dry.stdout, dry.stdout
     else:
         assert not any(p.startswith(stale) for p in data["problems"]), data
+    assert (code == 0) == (data["problems"] == []), data
 
     rerun = edgekit("deploy", "-i", str(inventories["fewer"]), "--yes")
     assert rerun.returncode == 0, rerun.stderr

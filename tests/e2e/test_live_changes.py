@@ -82,7 +82,12 @@ def deploy_under_traffic(
 
 
 def assert_no_failed_request_and_one_holder(
-    lab: Any, probes: list[Any], samples: list[Any], vips: list[str], figures: dict[str, Any]
+    lab: Any,
+    probes: list[Any],
+    samples: list[Any],
+    vips: list[str],
+    figures: dict[str, Any],
+    max_overlap: float = 0.0,
 ) -> None:
     peers = [p.name for p in lab.peers]
     failed = [p for p in probes if not p.ok]
@@ -97,7 +102,7 @@ def assert_no_failed_request_and_one_holder(
     print(json.dumps(figures))  # shown with -s: the figures the closing note quotes
     assert per_vip >= 20, figures
     assert failed == [], figures
-    assert all(s == 0 for s in split.values()), figures
+    assert all(s <= max_overlap for s in split.values()), figures
 
 
 CHANGES: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {}
@@ -160,15 +165,22 @@ def test_a_live_change_fails_no_request_and_never_doubles_a_holder(
 
     # The change, then back again: both directions are live changes (add and remove).
     for step, (before, after) in enumerate(((original, changed), (changed, original))):
+        holders = json.loads(edgekit("status", "-i", str(before), "--json").stdout)
         result, probes, samples, vips = deploy_under_traffic(lab, before, after)
         assert result.returncode == 0, result.stderr
         if name == "rotate the stats password":
             # The password is in haproxy's environment: a restart, peer by peer, each
-            # after its backup (the holder of the VIP last).
+            # after its backup, the VIP's holder last and drained first (its VIP moves
+            # make-before-break), then undrained.
+            (holder,) = holders["vip_holders"][lab.vip]
             restarts = re.findall(r"^(proxy\d): systemctl restart haproxy", result.stderr, re.M)
-            holder = json.loads(edgekit("status", "-i", str(after), "--json").stdout)
-            assert sorted(restarts) == ["proxy1", "proxy2"], result.stderr
-            assert restarts[-1] == holder["vip_holders"][lab.vip][0], (restarts, holder)
+            assert sorted(restarts) == ["proxy1", "proxy2"] and restarts[-1] == holder, restarts
+            said = result.stderr[result.stderr.index(f"{holder}: restarts a unit while") :]
+            assert (
+                said.index(f"VIP {lab.vip}: moved from {holder}")
+                < said.index(f"{holder}: systemctl restart haproxy")
+                < said.index(f"{holder}: undrained after the restart")
+            ), result.stderr
         figures = {"change": name, "direction": "forward" if step == 0 else "back"}
         assert_no_failed_request_and_one_holder(lab, probes, samples, vips, figures)
         assert edgekit("status", "-i", str(after)).returncode == 0
@@ -221,7 +233,9 @@ def test_removing_a_peer_moves_its_vip_first_and_fails_no_request(
 
     assert result.returncode == 0, result.stderr
     figures = {"change": "remove a peer (the VIP holder)", "direction": "forward"}
-    assert_no_failed_request_and_one_holder(lab, probes, samples, vips, figures)
+    # The retired holder's VIP moves make-before-break, as in a drain: the new holder
+    # has it a moment before the old one lets go (at most one advert interval, 0.25 s).
+    assert_no_failed_request_and_one_holder(lab, probes, samples, vips, figures, max_overlap=0.25)
     code = edgekit("status", "-i", str(after))
     assert code.returncode == 0, code.stdout
 
