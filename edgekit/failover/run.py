@@ -239,17 +239,21 @@ def _stable_placement(
     def now() -> dict[str, frozenset[str]]:
         return {v: frozenset(h) for v, h in watcher.placement_now(peers).items()}
 
-    start = time.monotonic()
-    since, last = start, now()
-    while time.monotonic() - start < timeout:
-        time.sleep(0.1)
+    since, last = [time.monotonic()], [now()]  # when the holders last changed, and to what
+
+    def settled() -> dict[str, str] | None:
         current = now()
-        if current != last:
-            since, last = time.monotonic(), current
-        elif all(len(h) == 1 for h in current.values()) and time.monotonic() - since >= stable_s:
+        if current != last[0]:
+            since[0], last[0] = time.monotonic(), current
+        elif all(len(h) == 1 for h in current.values()) and time.monotonic() - since[0] >= stable_s:
             return {v: next(iter(h)) for v, h in current.items()}
+        return None
+
+    placed = wait_until(settled, timeout, 0.1)
+    if placed:
+        return placed
     unsettled = ", ".join(
-        f"{v} on {', '.join(sorted(h)) or 'nobody'}" for v, h in last.items() if len(h) != 1
+        f"{v} on {', '.join(sorted(h)) or 'nobody'}" for v, h in last[0].items() if len(h) != 1
     )
     raise CannotRun(
         f"the VIPs did not stay on one peer each for {stable_s:g}s within {timeout:.0f}s "
@@ -268,13 +272,13 @@ def _wait_move(
     """Hold the fault for hold_s, and longer until other peers took every one of `vips`
     (at most max_wait_s)."""
     start = time.monotonic()
-    while True:
-        elapsed = time.monotonic() - start
+
+    def held_and_moved() -> bool:
         placement = watcher.placement_now(peers)
         moved = all(placement[v] and old not in placement[v] for v in vips)
-        if (elapsed >= hold_s and moved) or elapsed >= max(hold_s, max_wait_s):
-            return
-        time.sleep(0.1)
+        return time.monotonic() - start >= hold_s and moved
+
+    wait_until(held_and_moved, max(hold_s, max_wait_s), 0.1)
 
 
 def score_vip(v: VipResult, r: ScenarioResult, peers: list[str]) -> None:

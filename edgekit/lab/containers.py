@@ -119,7 +119,9 @@ def wait_booted(host: LabHost, pid: int, timeout: float) -> tuple[str, list[str]
     """systemd's final state ("running" or "degraded") and the failed units."""
     argv = ["nsenter", "-t", str(pid), "-a", "systemctl", "is-system-running", "--wait"]
     deadline = time.monotonic() + timeout
-    while True:
+    seen = [""]
+
+    def settled() -> bool:
         try:
             result = subprocess.run(
                 argv, capture_output=True, text=True, timeout=max(deadline - time.monotonic(), 1)
@@ -128,12 +130,13 @@ def wait_booted(host: LabHost, pid: int, timeout: float) -> tuple[str, list[str]
             raise OperationError(
                 f"{host.name}: systemd did not finish booting in {timeout:g} s"
             ) from exc
-        state = result.stdout.strip() or result.stderr.strip()
+        seen[0] = result.stdout.strip() or result.stderr.strip()
         # Until systemd has opened its socket, systemctl says "offline" or
         # "Failed to connect to bus"; --wait only covers the states after that.
-        if state in ("running", "degraded", "maintenance") or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return seen[0] in ("running", "degraded", "maintenance")
+
+    wait_until(settled, timeout, 0.05)
+    state = seen[0]
     if state not in ("running", "degraded"):
         raise OperationError(f"{host.name}: systemd is {state!r} after boot")
     return state, failed_units(pid) if state == "degraded" else []
