@@ -110,12 +110,10 @@ def reboot(
     ] = 300.0,
 ) -> int:
     """Drain PEER, reboot it, wait until it is back and healthy, undrain it."""
-    from edgekit.deploy.maintenance import reboot as reboot_peer
+    from edgekit.deploy.maintenance import Maintenance
 
     with _peers(inventory, peers) as (loaded, hosts, progress):
-        reboot_peer(
-            loaded, hosts, peer, progress, grace=grace, timeout=timeout, boot_timeout=boot_timeout
-        )
+        Maintenance(loaded, hosts, progress, grace, timeout, boot_timeout).reboot(peer)
     note(f"{peer}: rebooted and back in service")
     return int(ExitCode.OK)
 
@@ -149,20 +147,15 @@ def upgrade(
     """Rolling package upgrade from each peer's own apt sources, one peer at a time inside
     a drain; peers holding no VIP first. Stops at the first failure, leaving that peer
     drained."""
-    from edgekit.deploy.maintenance import upgrade as upgrade_peers
+    from edgekit.deploy.maintenance import Maintenance
     from edgekit.errors import OperationError
 
     with _peers(inventory, peers, json_out) as (loaded, hosts, progress):
-        report = upgrade_peers(
-            loaded,
-            hosts,
-            progress,
+        report = Maintenance(loaded, hosts, progress, grace, timeout).upgrade(
             limit=[n.strip() for n in limit.split(",")] if limit else None,
             packages=[p.strip() for p in packages.split(",")] if packages else None,
             reboot_after=reboot_after,
             dry_run=dry_run,
-            grace=grace,
-            timeout=timeout,
         )
     if json_out:
         echo_json({**report.to_dict(), "dry_run": dry_run, "pending": report.pending})
@@ -185,9 +178,9 @@ def retire(
 ) -> int:
     """Take PEER out of the cluster: drain it, then stop keepalived there and remove
     edgekit's firewall. Then delete it from the inventory and deploy."""
-    from edgekit.deploy.maintenance import retire as retire_peer
+    from edgekit.deploy.maintenance import Maintenance
 
     with _peers(inventory, peers) as (loaded, hosts, progress):
-        retire_peer(loaded, hosts, peer, progress, grace=grace, timeout=timeout)
+        Maintenance(loaded, hosts, progress, grace, timeout).retire(peer)
     note(f"{peer}: retired; now remove it from {inventory} and run edgekit deploy")
     return int(ExitCode.OK)

@@ -136,16 +136,20 @@ def restore_table_command() -> str:
     return script("fw-restore-table", **_values())
 
 
+def removal_values() -> dict[str, str]:
+    """What the fw-remove script (and scripts that include it) needs."""
+    return {
+        "unit": firewall.UNIT,
+        "table": firewall.TABLE,
+        "ruleset": firewall.RULESET,
+        "unit_path": firewall.UNIT_PATH,
+        "ruleset_dir": firewall.RULESET.rsplit("/", 1)[0],
+    }
+
+
 def removal_command() -> str:
     """firewall.enabled: false after edgekit managed it: take table, unit and files away."""
-    return script(
-        "fw-remove",
-        unit=firewall.UNIT,
-        table=firewall.TABLE,
-        ruleset=firewall.RULESET,
-        unit_path=firewall.UNIT_PATH,
-        ruleset_dir=firewall.RULESET.rsplit("/", 1)[0],
-    )
+    return script("fw-remove", **removal_values())
 
 
 def _reconnect(host: Transport, timeout: float, command: str) -> str | None:

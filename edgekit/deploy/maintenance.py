@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from edgekit.deploy.apply import wait_healthy
-from edgekit.deploy.drain import check_peer, drain, read_all, undrain
+from edgekit.deploy.drain import GRACE_S, DrainReport, check_peer, drain, read_all, undrain
 from edgekit.errors import EdgekitError, OperationError
 from edgekit.facts import HAPROXY_ENV, HostFacts
 from edgekit.inventory import Loaded
@@ -85,76 +85,6 @@ def _wait_serving(loaded: Loaded, host: Transport, timeout: float) -> None:
         raise OperationError(f"{host.name}: {sick}")
 
 
-def reboot(
-    loaded: Loaded,
-    hosts: Mapping[str, Transport],
-    peer: str,
-    progress: Progress,
-    *,
-    grace: float,
-    timeout: float = 30.0,
-    boot_timeout: float = REBOOT_TIMEOUT,
-) -> None:
-    """Drain, reboot, wait for SSH and health, undrain. A peer that does not come back
-    healthy stays drained (OperationError)."""
-    check_peer(loaded, peer)
-    was = drain(loaded, hosts, peer, progress, grace=grace, timeout=timeout)
-    try:
-        reboot_host(loaded, hosts[peer], progress, timeout=boot_timeout)
-    except EdgekitError as exc:
-        raise OperationError(f"{exc}; {peer} is left drained") from None
-    if was.already:
-        progress(f"{peer}: stays drained (it was before the reboot)")
-        return
-    undrain(loaded, hosts, peer, progress, timeout=timeout)
-
-
-def retire(
-    loaded: Loaded,
-    hosts: Mapping[str, Transport],
-    peer: str,
-    progress: Progress,
-    *,
-    grace: float,
-    timeout: float = 30.0,
-) -> None:
-    """Take `peer` out of the cluster: drain it (its VIPs move make-before-break; refused
-    when it is the last healthy peer), then stop and disable keepalived and remove
-    edgekit's firewall there. Remove it from the inventory and deploy next: the others
-    then drop it from their peer lists."""
-    from edgekit import firewall
-    from edgekit.deploy import lock as deploy_lock
-
-    drain(loaded, hosts, peer, progress, grace=grace, timeout=timeout)
-    host = hosts[peer]
-    with deploy_lock.host_locks({peer: host}, deploy_lock.owner()):
-        host.check(
-            script(
-                "retire",
-                unit=firewall.UNIT,
-                table=firewall.TABLE,
-                ruleset=firewall.RULESET,
-                unit_path=firewall.UNIT_PATH,
-                ruleset_dir=firewall.RULESET.rsplit("/", 1)[0],
-            ),
-            "retiring (keepalived stopped and disabled, firewall removed)",
-            sudo=True,
-            timeout=120,
-        )
-    progress(f"{peer}: retired: keepalived stopped and disabled, edgekit's firewall removed")
-
-
-@dataclass(frozen=True)
-class _Step:
-    """How each peer is upgraded."""
-
-    packages: list[str]
-    reboot_after: bool
-    grace: float
-    timeout: float
-    boot_timeout: float
-
-
 @dataclass
 class UpgradeReport:
     planned: dict[str, list[Upgrade]] = field(default_factory=dict)
@@ -195,82 +125,128 @@ def simulate(host: Transport, packages: list[str]) -> list[Upgrade]:
     return parse_simulation(result.stdout)
 
 
-def upgrade(
-    loaded: Loaded,
-    hosts: Mapping[str, Transport],
-    progress: Progress,
-    *,
-    limit: list[str] | None = None,
-    packages: list[str] | None = None,
-    reboot_after: bool = False,
-    dry_run: bool = False,
-    grace: float,
-    timeout: float = 30.0,
-    boot_timeout: float = REBOOT_TIMEOUT,
-) -> UpgradeReport:
-    """Upgrade the peers one at a time: drain, apt-get upgrade, check the installed
-    configs with the new binaries, health, (reboot,) undrain. Non-holders first. Stops at
-    the first failure, which leaves that peer drained (the report says which)."""
-    names = [p.name for p in loaded.inventory.peers]
-    for name in limit or []:
-        check_peer(loaded, name)
-    read = read_all(hosts)
-    unreachable = [n for n, f in read.items() if not isinstance(f, HostFacts)]
-    if unreachable:
-        raise OperationError(f"{unreachable[0]}: unreachable: {read[unreachable[0]]}")
-    facts = {n: f for n, f in read.items() if isinstance(f, HostFacts)}
-    order = upgrade_order(loaded, facts, [n for n in names if not limit or n in limit])
-    report = UpgradeReport()
-    for name in order:
-        report.planned[name] = simulate(hosts[name], packages or [])
-        ups = report.planned[name]
-        progress(
-            f"{name}: "
-            + (", ".join(f"{u.package} {u.old or '-'} -> {u.new}" for u in ups) or "up to date")
+@dataclass(frozen=True)
+class Maintenance:
+    """Planned maintenance of a cluster's peers, one at a time, each inside a drain:
+    the inventory, every peer's connection, where progress goes, and how patient to be."""
+
+    loaded: Loaded
+    hosts: Mapping[str, Transport]
+    progress: Progress
+    grace: float = GRACE_S  # the drained peer serves its connections this long
+    timeout: float = 30.0  # a VIP's move, a peer's health
+    boot_timeout: float = REBOOT_TIMEOUT
+
+    def _drain(self, peer: str) -> DrainReport:
+        check_peer(self.loaded, peer)
+        return drain(
+            self.loaded, self.hosts, peer, self.progress, grace=self.grace, timeout=self.timeout
         )
-    if dry_run:
-        return report
-    step = _Step(packages or [], reboot_after, grace, timeout, boot_timeout)
-    for name in order:
-        if not report.planned[name] and not reboot_after:
-            continue
+
+    def _undrain(self, peer: str) -> None:
+        undrain(self.loaded, self.hosts, peer, self.progress, timeout=self.timeout)
+
+    def reboot(self, peer: str) -> None:
+        """Drain, reboot, wait for SSH and health, undrain. A peer that does not come
+        back healthy stays drained (OperationError)."""
+        was = self._drain(peer)
         try:
-            _upgrade_one(loaded, hosts, name, progress, step)
+            reboot_host(self.loaded, self.hosts[peer], self.progress, timeout=self.boot_timeout)
         except EdgekitError as exc:
-            report.failed, report.error = name, str(exc)
+            raise OperationError(f"{exc}; {peer} is left drained") from None
+        if was.already:
+            self.progress(f"{peer}: stays drained (it was before the reboot)")
+            return
+        self._undrain(peer)
+
+    def retire(self, peer: str) -> None:
+        """Take `peer` out of the cluster: drain it (its VIPs move make-before-break;
+        refused when it is the last healthy peer), then stop and disable keepalived and
+        remove edgekit's firewall there. Remove it from the inventory and deploy next:
+        the others then drop it from their peer lists."""
+        from edgekit.deploy import confirm
+        from edgekit.deploy import lock as deploy_lock
+
+        self._drain(peer)
+        host = self.hosts[peer]
+        with deploy_lock.host_locks({peer: host}, deploy_lock.owner()):
+            host.check(
+                script("retire", **confirm.removal_values()),
+                "retiring (keepalived stopped and disabled, firewall removed)",
+                sudo=True,
+                timeout=120,
+            )
+        self.progress(
+            f"{peer}: retired: keepalived stopped and disabled, edgekit's firewall removed"
+        )
+
+    def upgrade(
+        self,
+        *,
+        limit: list[str] | None = None,
+        packages: list[str] | None = None,
+        reboot_after: bool = False,
+        dry_run: bool = False,
+    ) -> UpgradeReport:
+        """Upgrade the peers one at a time: drain, apt-get upgrade, check the installed
+        configs with the new binaries, health, (reboot,) undrain. Non-holders first.
+        Stops at the first failure, which leaves that peer drained (the report says
+        which)."""
+        names = [p.name for p in self.loaded.inventory.peers]
+        for name in limit or []:
+            check_peer(self.loaded, name)
+        read = read_all(self.hosts)
+        unreachable = [n for n, f in read.items() if not isinstance(f, HostFacts)]
+        if unreachable:
+            raise OperationError(f"{unreachable[0]}: unreachable: {read[unreachable[0]]}")
+        facts = {n: f for n, f in read.items() if isinstance(f, HostFacts)}
+        order = upgrade_order(self.loaded, facts, [n for n in names if not limit or n in limit])
+        report = UpgradeReport()
+        for name in order:
+            ups = report.planned[name] = simulate(self.hosts[name], packages or [])
+            self.progress(
+                f"{name}: "
+                + (", ".join(f"{u.package} {u.old or '-'} -> {u.new}" for u in ups) or "up to date")
+            )
+        if dry_run:
             return report
-        report.upgraded.append(name)
-    return report
+        for name in order:
+            if not report.planned[name] and not reboot_after:
+                continue
+            try:
+                self._upgrade_one(name, packages or [], reboot_after)
+            except EdgekitError as exc:
+                report.failed, report.error = name, str(exc)
+                return report
+            report.upgraded.append(name)
+        return report
 
-
-def _upgrade_one(
-    loaded: Loaded, hosts: Mapping[str, Transport], name: str, progress: Progress, step: _Step
-) -> None:
-    host = hosts[name]
-    was = drain(loaded, hosts, name, progress, grace=step.grace, timeout=step.timeout)
-    try:
-        progress(f"{name}: upgrading")
-        host.check(
-            script("upgrade", packages=step.packages), "apt-get upgrade", sudo=True, timeout=1800
-        )
-        checked = host.run(
-            script(
-                "check-running",
-                haproxy_env=HAPROXY_ENV,
-                haproxy_cfg=HAPROXY_CFG,
-                keepalived_conf=KEEPALIVED_CONF,
-                peer=name,
-            ),
-            sudo=True,
-            timeout=120,
-        )
-        if not checked.ok:
-            raise OperationError(f"{name}: after the upgrade: {checked.last_line()}")
-        _wait_serving(loaded, host, step.timeout)
-        if step.reboot_after:
-            reboot_host(loaded, host, progress, timeout=step.boot_timeout)
-    except EdgekitError as exc:
-        raise OperationError(f"{exc}; {name} is left drained") from None
-    if not was.already:
-        undrain(loaded, hosts, name, progress, timeout=step.timeout)
-    progress(f"{name}: upgraded")
+    def _upgrade_one(self, name: str, packages: list[str], reboot_after: bool) -> None:
+        host = self.hosts[name]
+        was = self._drain(name)
+        try:
+            self.progress(f"{name}: upgrading")
+            host.check(
+                script("upgrade", packages=packages), "apt-get upgrade", sudo=True, timeout=1800
+            )
+            checked = host.run(
+                script(
+                    "check-running",
+                    haproxy_env=HAPROXY_ENV,
+                    haproxy_cfg=HAPROXY_CFG,
+                    keepalived_conf=KEEPALIVED_CONF,
+                    peer=name,
+                ),
+                sudo=True,
+                timeout=120,
+            )
+            if not checked.ok:
+                raise OperationError(f"{name}: after the upgrade: {checked.last_line()}")
+            _wait_serving(self.loaded, host, self.timeout)
+            if reboot_after:
+                reboot_host(self.loaded, host, self.progress, timeout=self.boot_timeout)
+        except EdgekitError as exc:
+            raise OperationError(f"{exc}; {name} is left drained") from None
+        if not was.already:
+            self._undrain(name)
+        self.progress(f"{name}: upgraded")

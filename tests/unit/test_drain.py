@@ -25,10 +25,10 @@ from edgekit.deploy import maintenance, placement
 from edgekit.deploy.apply import health_command
 from edgekit.deploy.drain import DrainReport, Interrupted, drain, drain_moves, takers, undrain
 from edgekit.deploy.maintenance import (
+    Maintenance,
     Upgrade,
     parse_simulation,
     reboot_host,
-    upgrade,
     upgrade_order,
 )
 from edgekit.deploy.placement import Move
@@ -615,7 +615,7 @@ def upgradable(cluster: Drainable) -> Drainable:
 def test_a_dry_run_upgrade_only_simulates(tmp_path: Path) -> None:
     cluster = upgradable(Drainable(inventory(tmp_path), {A: "proxy1", B: "proxy1"}))
     notes: list[str] = []
-    report = upgrade(cluster.loaded, cluster.hosts, notes.append, dry_run=True, grace=0, timeout=T)
+    report = Maintenance(cluster.loaded, cluster.hosts, notes.append, 0, T).upgrade(dry_run=True)
     assert list(report.planned) == ["proxy2", "proxy1"]  # the holder last
     assert report.pending and report.upgraded == [] and report.failed == ""
     assert report.planned["proxy1"] == [
@@ -636,7 +636,7 @@ def test_a_failed_apt_get_upgrade_stops_the_rollout_and_leaves_that_peer_drained
     cluster.hosts["proxy2"].on(
         UPGRADE, exit_code=100, stderr="E: Sub-process /usr/bin/dpkg returned an error code (1)"
     )
-    report = upgrade(cluster.loaded, cluster.hosts, lambda _m: None, grace=0, timeout=T)
+    report = Maintenance(cluster.loaded, cluster.hosts, lambda _m: None, 0, T).upgrade()
     assert report.failed == "proxy2" and report.upgraded == []
     assert report.error.startswith("proxy2: apt-get upgrade failed: E: Sub-process")
     assert report.error.endswith("; proxy2 is left drained")
@@ -652,7 +652,7 @@ def test_an_upgrade_drains_upgrades_and_undrains_each_peer_non_holders_first(
     tmp_path: Path,
 ) -> None:
     cluster = upgradable(Drainable(inventory(tmp_path), {A: "proxy1", B: "proxy1"}))
-    report = upgrade(cluster.loaded, cluster.hosts, lambda _m: None, grace=0, timeout=T)
+    report = Maintenance(cluster.loaded, cluster.hosts, lambda _m: None, 0, T).upgrade()
     assert report.failed == "" and report.upgraded == ["proxy2", "proxy1"]
     assert cluster.marks("proxy2") == [1, 0] and cluster.marks("proxy1") == [1, 0]
     ev = [e for e in cluster.events if " mark " in e]
@@ -751,7 +751,7 @@ def test_reboot_drains_reboots_waits_and_undrains(tmp_path: Path, quick_waits: N
         return Result(command, 0, "rebooting\n", "")
 
     p1.on(REBOOT, respond=rebooting)
-    maintenance.reboot(cluster.loaded, cluster.hosts, "proxy1", lambda _m: None, grace=0, timeout=T)
+    Maintenance(cluster.loaded, cluster.hosts, lambda _m: None, 0, T).reboot("proxy1")
     ev = cluster.events
     assert before(ev, "proxy1 mark 1", "proxy1 reboots holding nothing")
     assert before(ev, "proxy1 reboots holding nothing", "proxy1 mark 0")
@@ -765,15 +765,7 @@ def test_a_peer_that_does_not_come_back_from_a_reboot_is_left_drained(
     cluster = Drainable(inventory(tmp_path), {A: "proxy1", B: "proxy2"})
     cluster.hosts["proxy1"].on(BOOT_ID, stdout="old 1\n")
     with pytest.raises(OperationError) as caught:
-        maintenance.reboot(
-            cluster.loaded,
-            cluster.hosts,
-            "proxy1",
-            lambda _m: None,
-            grace=0,
-            timeout=T,
-            boot_timeout=0.02,
-        )
+        Maintenance(cluster.loaded, cluster.hosts, lambda _m: None, 0, T, 0.02).reboot("proxy1")
     assert caught.value.message.startswith("proxy1: not back over SSH")
     assert caught.value.message.endswith("; proxy1 is left drained")
     assert cluster.marks("proxy1") == [1] and cluster.holder[A] == "proxy2"
