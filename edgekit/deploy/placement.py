@@ -23,6 +23,7 @@ the holder drops the VIP before the other takes it (2 of 200 requests failed in 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ class Move:
 HANDOVER_TABLE = "edgekit_handover"
 HANDOVER_METRIC = 1025  # our local routes; the kernel's own have metric 0
 HANDOVER_S = 2.0  # how long the old holder finishes its connections after the move
+# A timer on each host undoes the handover by itself if the move's own restore never
+# comes (edgekit killed, the connection lost): after the move's timeout, the handover
+# and this margin.
+HANDOVER_UNIT = "edgekit-handover-expire"
+EXPIRY_MARGIN_S = 15.0
 
 
 def allow_script(instances: list[str]) -> str:
@@ -72,12 +78,24 @@ def restore_script() -> str:
         handover_dir=HANDOVER_DIR,
         table=HANDOVER_TABLE,
         metric=HANDOVER_METRIC,
+        unit=HANDOVER_UNIT,
     )
 
 
-def give_script(vips: list[tuple[str, str]]) -> str:
-    """On the old holder: (VIP, its interface there) for each VIP it hands over."""
-    return script("handover-give", handover_dir=HANDOVER_DIR, vips=vips, metric=HANDOVER_METRIC)
+def _expiry(expire_after: int) -> dict[str, object]:
+    return {"restore": restore_script(), "unit": HANDOVER_UNIT, "expire_after": expire_after}
+
+
+def give_script(vips: list[tuple[str, str]], expire_after: int = 60) -> str:
+    """On the old holder: (VIP, its interface there) for each VIP it hands over; undone
+    by the host itself `expire_after` seconds later unless restored before."""
+    return script(
+        "handover-give",
+        handover_dir=HANDOVER_DIR,
+        vips=vips,
+        metric=HANDOVER_METRIC,
+        **_expiry(expire_after),
+    )
 
 
 def handover_ruleset(rules: list[tuple[str, str, str]]) -> str:
@@ -103,8 +121,13 @@ def handover_ruleset(rules: list[tuple[str, str, str]]) -> str:
     )
 
 
-def take_script(rules: list[tuple[str, str, str]]) -> str:
-    return script("handover-take", handover_dir=HANDOVER_DIR, ruleset=handover_ruleset(rules))
+def take_script(rules: list[tuple[str, str, str]], expire_after: int = 60) -> str:
+    return script(
+        "handover-take",
+        handover_dir=HANDOVER_DIR,
+        ruleset=handover_ruleset(rules),
+        **_expiry(expire_after),
+    )
 
 
 def wanted(loaded: Loaded) -> bool:
@@ -241,6 +264,8 @@ def move_to(
     vip_of = {str(v.address.ip): v for v in inv.vips}
     olds = sorted({m.holder for m in moves})
     started = time.monotonic()
+    window = HANDOVER_S if handover_s is None else handover_s
+    expire_after = math.ceil(timeout + window + EXPIRY_MARGIN_S)
     try:
         for old in olds:
             give = [
@@ -248,12 +273,12 @@ def move_to(
                 for m in moves
                 if m.holder == old
             ]
-            hosts[old].check(give_script(give), "preparing the handover", sudo=True)
+            hosts[old].check(give_script(give, expire_after), "preparing the handover", sudo=True)
         rules = [
             (m.vip, str(peers[m.holder].address), interface_of(inv, peers[peer], vip_of[m.vip]))
             for m in moves
         ]
-        taken = host.check(take_script(rules), "preparing the handover", sudo=True)
+        taken = host.check(take_script(rules, expire_after), "preparing the handover", sudo=True)
         if "no nft" in taken.stdout:
             progress(f"{peer}: nft is missing: connections open on the old holder may break")
         if not inv.vrrp.preempt:  # with preempt the peer takes it by itself
@@ -264,7 +289,7 @@ def move_to(
         arrived_in_time = wait_until(arrived, timeout, interval=0.2)
         took = time.monotonic() - started
         if arrived_in_time:  # the old holder finishes what it had accepted
-            time.sleep(HANDOVER_S if handover_s is None else handover_s)
+            time.sleep(window)
     finally:
         restored = host.run(restore_script(), sudo=True, timeout=60)
         for old in olds:

@@ -209,6 +209,25 @@ def assert_zero_failed(seen: dict[str, Any], what: str) -> dict[str, Any]:
     return figures
 
 
+def handover_left(lab_ssh: Any, peer: str) -> list[str]:
+    """What of a VIP handover is still on `peer`: the new holder's nft table, the old
+    holder's local routes and arp_ignore, the placement files, the expiry timer."""
+    left = []
+    if lab_ssh(peer, "sudo nft list table ip edgekit_handover").returncode == 0:
+        left.append("nft table edgekit_handover")
+    routes = lab_ssh(peer, "ip route show table local").stdout
+    left += [f"route {ln}" for ln in routes.splitlines() if "metric 1025" in ln]
+    if lab_ssh(peer, "cat /proc/sys/net/ipv4/conf/eth1/arp_ignore").stdout.strip() != "0":
+        left.append("arp_ignore on eth1")
+    for path in ("/run/edgekit/handover", "/run/edgekit/handover.expire", "/run/edgekit/placement"):
+        if lab_ssh(peer, f"test -e {path}").returncode == 0:
+            left.append(path)
+    timer = lab_ssh(peer, "systemctl is-active edgekit-handover-expire.timer").stdout.strip()
+    if timer == "active":
+        left.append("the expiry timer")
+    return left
+
+
 def test_drain_and_undrain_of_the_holder_fail_no_request(two: Path, lab: Any) -> None:
     first, second = (str(v.address.ip) for v in load_inventory(two).inventory.vips)
     assert holders(two) == {first: ["proxy1"], second: ["proxy2"]}
@@ -239,6 +258,41 @@ def test_drain_and_undrain_of_the_holder_fail_no_request(two: Path, lab: Any) ->
     assert_zero_failed(seen, "undrain proxy1")
     assert holders(two) == {first: ["proxy1"], second: ["proxy2"]}
     assert drained(two) == {"proxy1": False, "proxy2": False}
+
+
+def test_nothing_of_a_handover_is_left_after_a_drain_or_a_killed_one(
+    two: Path, lab: Any, lab_ssh: Any
+) -> None:
+    first, second = (str(v.address.ip) for v in load_inventory(two).inventory.vips)
+    assert edgekit("drain", "proxy1", "-i", str(two), "--grace", "1").returncode == 0
+    assert {p: handover_left(lab_ssh, p) for p in PEERS} == {"proxy1": [], "proxy2": []}
+    assert edgekit("undrain", "proxy1", "-i", str(two)).returncode == 0
+    assert {p: handover_left(lab_ssh, p) for p in PEERS} == {"proxy1": [], "proxy2": []}
+
+    # kill -9 in the grace window: the hosts undo the handover by themselves, after the
+    # move's timeout, the grace and a margin (5 + 5 + 15 s here).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit", "drain", "proxy1", "-i", str(two),
+         "--grace", "5", "--timeout", "5"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "EDGEKIT_DEBUG": "0"},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if f"VIP {first}: moved from proxy1" in line:
+            proc.kill()
+            break
+    proc.wait(timeout=30)
+    killed_at = time.monotonic()
+    assert "the expiry timer" in handover_left(lab_ssh, "proxy1")  # it was in the window
+    assert "nft table edgekit_handover" in handover_left(lab_ssh, "proxy2")
+    deadline = killed_at + 5 + 5 + 15 + 10
+    while time.monotonic() < deadline and any(handover_left(lab_ssh, p) for p in PEERS):
+        time.sleep(1)
+    assert {p: handover_left(lab_ssh, p) for p in PEERS} == {"proxy1": [], "proxy2": []}
+    assert holders(two) == {first: ["proxy2"], second: ["proxy2"]}
+    assert drained(two)["proxy1"]  # the drain had done its part: a whole state
+    assert edgekit("undrain", "proxy1", "-i", str(two)).returncode == 0
+    assert holders(two) == {first: ["proxy1"], second: ["proxy2"]}
 
 
 def test_a_drained_peer_stays_drained_across_a_deploy_and_a_keepalived_restart(

@@ -146,6 +146,17 @@ CASES = [
     Case("undrain-mark", "drain-mark", lambda: mark_script(False)),
     Case("boot-id", "boot-id", lambda: scripts.script("boot-id")),
     Case(
+        "handover-arm",
+        "handover-arm",
+        lambda: scripts.script(
+            "handover-arm",
+            handover_dir="/run/edgekit/handover",
+            restore=restore_script(),
+            unit="edgekit-handover-expire",
+            expire_after=47,
+        ),
+    ),
+    Case(
         "retire",
         "retire",
         lambda: scripts.script(
@@ -255,7 +266,7 @@ def test_every_value_in_a_remote_template_is_quoted_for_the_shell() -> None:
             last = expr.rsplit("|", 1)[-1].strip() if "|" in expr else ""
             assert last in ("q", "int", "shell"), f"{path.name}: {{{{{expr}}}}} is not quoted"
             if last == "shell":
-                assert path.name == "fw-rollback.sh.j2", path.name
+                assert path.name in ("fw-rollback.sh.j2", "handover-arm.sh.j2"), path.name
 
 
 def test_quoting_refuses_what_it_cannot_quote() -> None:
