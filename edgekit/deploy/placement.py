@@ -65,6 +65,7 @@ HANDOVER_S = 2.0  # how long the old holder finishes its connections after the m
 # and this margin.
 HANDOVER_UNIT = "edgekit-handover-expire"
 EXPIRY_MARGIN_S = 15.0
+CLOSE_S = 0.5  # for the FINs of connections closed at the end of the window to arrive
 
 
 def allow_script(instances: list[str]) -> str:
@@ -119,6 +120,12 @@ def handover_ruleset(rules: list[tuple[str, str, str]]) -> str:
             "}",
         ]
     )
+
+
+def close_script(vips: list[str]) -> str:
+    """On the old holder at the end of the window: haproxy closes (FIN) what is still
+    open on these VIPs; prints `closed N`."""
+    return script("handover-close", vips=vips)
 
 
 def take_script(rules: list[tuple[str, str, str]], expire_after: int = 60) -> str:
@@ -290,6 +297,15 @@ def move_to(
         took = time.monotonic() - started
         if arrived_in_time:  # the old holder finishes what it had accepted
             time.sleep(window)
+            # What is still open there ends with a FIN from haproxy while the handover
+            # still carries the clients' packets, not with a reset from the new holder.
+            for old in olds:
+                gone = [m.vip for m in moves if m.holder == old]
+                closed = hosts[old].run(close_script(gone), sudo=True, timeout=30)
+                count = closed.stdout.strip().removeprefix("closed ")
+                if closed.ok and count not in ("", "0"):
+                    progress(f"{old}: closed {count} connection(s) still open on {', '.join(gone)}")
+            time.sleep(CLOSE_S)
     finally:
         restored = host.run(restore_script(), sudo=True, timeout=60)
         for old in olds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -76,21 +77,67 @@ class Prober:
             return sorted(self.results, key=lambda p: p.t)
 
 
+class Streams:
+    """Long-lived connections through a VIP (port 80 by default): each sends one byte of
+    an HTTP request every 100 ms for its `seconds`, then ends the request and reads the
+    answer. Each ends as "ok" (answered), "fin" (the proxy closed it cleanly first),
+    "rst" (reset) or "error" (it could not connect, or timed out)."""
+
+    OUTCOMES = ("ok", "fin", "rst", "error")
+
+    def __init__(self, vip: str, seconds: list[float], port: int = 80) -> None:
+        self.vip, self.port = vip, port
+        self.outcomes: list[tuple[float, str]] = []  # (its seconds, how it ended)
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._one, args=(s,), daemon=True) for s in seconds
+        ]
+
+    def _one(self, seconds: float) -> None:
+        outcome = "error"
+        try:
+            with socket.create_connection((self.vip, self.port), timeout=5) as s:
+                outcome = self._talk(s, seconds)
+        except ConnectionResetError:
+            outcome = "rst"
+        except OSError:
+            outcome = "error"
+        with self._lock:
+            self.outcomes.append((seconds, outcome))
+
+    @staticmethod
+    def _talk(s: socket.socket, seconds: float) -> str:
+        s.sendall(b"GET / HTTP/1.0\r\nX-Edgekit-Pad: ")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([s], [], [], 0.1)
+            if readable and s.recv(64) == b"":
+                return "fin"  # closed by the other end before the request was complete
+            s.sendall(b"a")
+        s.sendall(b"\r\n\r\n")
+        answer = s.recv(64)
+        return "ok" if answer.startswith(b"HTTP/") and answer[9:10] == b"2" else "fin"
+
+    def start(self) -> Streams:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> list[tuple[float, str]]:
+        for t in self._threads:
+            t.join()
+        with self._lock:
+            return list(self.outcomes)
+
+
+def tally(outcomes: list[tuple[float, str]]) -> dict[str, int]:
+    return {k: sum(1 for _, o in outcomes if o == k) for k in Streams.OUTCOMES}
+
+
 def watch_script(vips: Sequence[str]) -> str:
     """The loop a peer runs for OwnershipWatcher (templates/remote/watch-vips.sh.j2): ten
     times a second, "<epoch seconds> <bits>", one 1|0 per VIP in order: does it hold it?"""
     return script("watch-vips", vips=list(vips))
-
-
-class _WatchFormat:
-    """The watch loop by its former name, `_WATCH.format(vips="A B")` (the string
-    template it was): tests/unit/test_failover_vips.py still calls it so."""
-
-    def format(self, *, vips: str) -> str:
-        return watch_script(vips.split())
-
-
-_WATCH = _WatchFormat()
 
 
 class OwnershipWatcher:

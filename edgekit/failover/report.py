@@ -47,6 +47,9 @@ def table_lines(results: list[ScenarioResult], skipped: Sequence[Skipped] = ()) 
         ]
         if r.error:
             notes.append(r.error)
+        for when, counts in r.established.items():
+            said = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+            notes.append(f"connections ending {when} the window: {said or 'none'}")
         others = ("DISTURBED" if r.disturbed() else "ok") if has_others else "-"
         lines.append(
             f"{r.name:<17} {r.holder or '-':<10} {'PASS' if r.passed else 'FAIL':<7} "

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 from edgekit.errors import EdgekitError, OperationError
 from edgekit.failover import measure
-from edgekit.failover.probes import OwnershipWatcher, Prober, Target
-from edgekit.failover.scenarios import Fault, Scenario, Skipped
+from edgekit.failover.probes import OwnershipWatcher, Prober, Streams, Target, tally
+from edgekit.failover.scenarios import Established, Fault, Scenario, Skipped
 from edgekit.inventory import Loaded
 from edgekit.lab.base import FaultDriver
 from edgekit.progress import Progress, wait_until
@@ -72,6 +72,9 @@ class ScenarioResult:
     description: str = ""  # from the scenario registry
     error: str = ""
     per_vip: list[VipResult] = field(default_factory=list)
+    # Long-lived connections through the faulted VIPs (scenarios that open them):
+    # "within" the handover window and "beyond" it -> {"ok": n, "fin": n, "rst": n, ...}.
+    established: dict[str, dict[str, int]] = field(default_factory=dict)
     # For the report's timeline; left out of the JSON summary.
     fault_t: float = 0.0
     restore_t: float = 0.0
@@ -187,6 +190,7 @@ def run_scenario(
             holder_host = hosts[result.holder]
             fault = Fault(holder_host, iface, opts.hold_s, driver, hosts, loaded)
             progress(f"{name}: {scenario.description} ({result.holder}: {', '.join(held)})")
+            kept = _open_streams(scenario.established, held)
             result.fault_t = time.time()
             try:
                 try:
@@ -208,6 +212,8 @@ def run_scenario(
                     )
             progress(f"{name}: restored; waiting for the cluster to be healthy")
             result.recovered = wait_healthy(loaded, hosts, opts.recover_timeout_s, opts.allow_drift)
+            if scenario.established is not None:
+                result.established = _tally_streams(scenario.established, kept)
             time.sleep(opts.settle_s)
         finally:
             result.probes = prober.stop()
@@ -217,6 +223,23 @@ def run_scenario(
     finally:
         for host in hosts.values():
             host.close()
+
+
+def _open_streams(established: Established | None, vips: list[str]) -> list[Streams]:
+    if established is None:
+        return []
+    n = established.count
+    return [
+        Streams(v, [established.within_s] * n + [established.beyond_s] * n).start() for v in vips
+    ]
+
+
+def _tally_streams(established: Established, kept: list[Streams]) -> dict[str, dict[str, int]]:
+    outcomes = [o for s in kept for o in s.stop()]
+    return {
+        "within": tally([o for o in outcomes if o[0] == established.within_s]),
+        "beyond": tally([o for o in outcomes if o[0] == established.beyond_s]),
+    }
 
 
 def _wait_for_samples(watcher: OwnershipWatcher, peers: list[str], timeout: float = 10.0) -> None:
@@ -334,6 +357,8 @@ def score(r: ScenarioResult, peers: list[str]) -> None:
         and not r.lasting_split_brain
         and r.others_undisturbed
         and not r.error
+        # Connections that ended inside a planned handover's window were all served.
+        and all(n == 0 for k, n in r.established.get("within", {}).items() if k != "ok")
     )
 
 

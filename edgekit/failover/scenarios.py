@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from edgekit.lab.base import Capability, FaultDriver
@@ -34,6 +34,18 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Established:
+    """Long-lived connections a scenario opens through each faulted VIP before its fault:
+    `count` that end within `within_s` (inside a planned handover's window: none may be
+    reset) and `count` that last `beyond_s` (they outlive it: closed at its end, cleanly
+    where haproxy can)."""
+
+    within_s: float
+    beyond_s: float
+    count: int = 10
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -46,6 +58,7 @@ class Scenario:
     self_restoring: bool = False
     # Runs only when asked for by name, or when its needs are met without an opt-in.
     default: bool = True
+    established: Established | None = None
 
     def runnable(self, driver: FaultDriver) -> bool:
         return self.needs <= driver.capabilities()
@@ -57,6 +70,7 @@ class Scenario:
             "budget_s": self.budget_s,
             "needs": sorted(self.needs),
             "default": self.default,
+            "established": None if self.established is None else asdict(self.established),
         }
 
 
@@ -180,12 +194,12 @@ register(
 )
 
 
-def _drain(fault: Fault) -> None:
+def _drain(fault: Fault, grace: float = 0.0) -> None:
     from edgekit.deploy.drain import drain
 
     assert fault.loaded is not None, "the drain scenario needs the inventory"
-    # No grace: the drained peer's haproxy keeps running through the hold anyway.
-    drain(fault.loaded, fault.hosts, fault.host.name, lambda _m: None, grace=0.0)
+    # No grace by default: the drained peer's haproxy keeps running through the hold.
+    drain(fault.loaded, fault.hosts, fault.host.name, lambda _m: None, grace=grace)
 
 
 def _undrain(fault: Fault) -> None:
@@ -202,6 +216,23 @@ register(
         0.0,
         _drain,
         _undrain,
+    )
+)
+
+
+DRAIN_GRACE_S = 8.0  # drain-established: the window its connections are served in
+
+
+register(
+    Scenario(
+        "drain-established",
+        f"drain with a {DRAIN_GRACE_S:g} s grace while 10 connections per VIP end inside it "
+        "(none may be reset) and 10 outlive it (closed at its end), then undrain",
+        0.0,
+        lambda f: _drain(f, DRAIN_GRACE_S),
+        _undrain,
+        established=Established(within_s=DRAIN_GRACE_S - 3.0, beyond_s=DRAIN_GRACE_S + 8.0),
+        default=False,  # about 25 s a run: asked for by name (-s drain-established)
     )
 )
 

@@ -16,10 +16,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +28,7 @@ import pytest
 import yaml
 
 from edgekit.failover.measure import Probe, Sample, holder_timeline, of_vip, split_brain
-from edgekit.failover.probes import OwnershipWatcher, Prober
+from edgekit.failover.probes import OwnershipWatcher, Prober, Streams, tally
 from edgekit.failover.run import probe_targets
 from edgekit.hosts import close_all, peer_hosts
 from edgekit.inventory import load_inventory
@@ -77,47 +75,6 @@ def drained(inventory: Path) -> dict[str, bool]:
     return {p["name"]: p["drained"] for p in status(inventory)[1]["peers"]}
 
 
-class Streams:
-    """Long-lived connections through a VIP: each sends one byte of an HTTP request every
-    100 ms for `seconds`, then ends it and reads the answer. Each ends as `ok` (answered),
-    `fin` (closed cleanly without an answer) or `rst` (reset)."""
-
-    def __init__(self, vip: str, count: int = 20, seconds: float = 8.0) -> None:
-        self.vip, self.count, self.seconds = vip, count, seconds
-        self.outcomes: list[str] = []
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._one, daemon=True) for _ in range(count)]
-
-    def _one(self) -> None:
-        outcome = "rst"
-        try:
-            with socket.create_connection((self.vip, 80), timeout=5) as s:
-                s.sendall(b"GET / HTTP/1.0\r\nX-Pad: ")
-                deadline = time.monotonic() + self.seconds
-                while time.monotonic() < deadline:
-                    s.sendall(b"a")
-                    time.sleep(0.1)
-                s.sendall(b"\r\n\r\n")
-                answer = s.recv(64)
-                outcome = "ok" if answer.startswith(b"HTTP/1.0 2") else "fin"
-        except ConnectionResetError:
-            outcome = "rst"
-        except OSError:
-            outcome = "error"
-        with self._lock:
-            self.outcomes.append(outcome)
-
-    def start(self) -> Streams:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def stop(self) -> dict[str, int]:
-        for t in self._threads:
-            t.join()
-        return {k: self.outcomes.count(k) for k in ("ok", "fin", "rst", "error")}
-
-
 @contextmanager
 def watched(inventory: Path, streams: bool = False) -> Iterator[dict[str, Any]]:
     """Probe every service on every VIP and watch who holds them during the block."""
@@ -128,7 +85,7 @@ def watched(inventory: Path, streams: bool = False) -> Iterator[dict[str, Any]]:
     # two cores they would otherwise compete with the first probes (0.3 s timeout).
     watcher = OwnershipWatcher(hosts, vips).start()
     time.sleep(1.5)
-    kept = [Streams(v).start() for v in vips] if streams else []
+    kept = [Streams(v, [8.0] * 20).start() for v in vips] if streams else []
     time.sleep(0.5)
     prober = Prober(probe_targets(loaded), interval=INTERVAL).start()
     out: dict[str, Any] = {"vips": vips}
@@ -139,7 +96,7 @@ def watched(inventory: Path, streams: bool = False) -> Iterator[dict[str, Any]]:
     finally:
         out["probes"] = prober.stop()
         out["samples"] = watcher.stop()
-        out["streams"] = [s.stop() for s in kept]
+        out["streams"] = [tally(s.stop()) for s in kept]
         close_all(hosts)
 
 

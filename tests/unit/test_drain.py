@@ -60,6 +60,7 @@ T = 0.5  # how long a VIP may take to move (in the model it moves at once)
 def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEKIT_STATS_PASSWORD", PASSWORD)
     monkeypatch.setattr(placement, "HANDOVER_S", 0.0)
+    monkeypatch.setattr(placement, "CLOSE_S", 0.0)
     # drain takes HANDOVER_S as the least handover a move gets (a copy of the name).
     monkeypatch.setattr(drain_module, "HANDOVER_S", 0.0, raising=False)
 

@@ -20,7 +20,7 @@ from edgekit.failover import report as failover_report
 from edgekit.failover import run as runner
 from edgekit.failover.faults import driver_for
 from edgekit.failover.measure import Probe, Sample
-from edgekit.failover.probes import _WATCH, OwnershipWatcher
+from edgekit.failover.probes import OwnershipWatcher, watch_script
 from edgekit.failover.run import (
     CannotRun,
     Options,
@@ -93,7 +93,7 @@ def watch_line(tmp_path: Path, vips: list[str], addresses: list[str]) -> str:
     )
     (fake_bin / "ip").write_text("#!/bin/sh\n" + lines)
     (fake_bin / "ip").chmod(0o755)
-    script = _WATCH.format(vips=" ".join(vips))
+    script = watch_script(vips)
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
     with subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True, env=env) as proc:
         assert proc.stdout is not None

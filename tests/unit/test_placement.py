@@ -32,6 +32,7 @@ FAST = Timing(health_s=0.2, verify_s=0.1)
 def _password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEKIT_STATS_PASSWORD", PASSWORD)
     monkeypatch.setattr(placement, "HANDOVER_S", 0.0)
+    monkeypatch.setattr(placement, "CLOSE_S", 0.0)
 
 
 def inventory(

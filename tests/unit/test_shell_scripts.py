@@ -32,7 +32,13 @@ from edgekit.deploy.apply import (
 )
 from edgekit.deploy.drain import mark_script
 from edgekit.deploy.lock import lock_command
-from edgekit.deploy.placement import allow_script, give_script, restore_script, take_script
+from edgekit.deploy.placement import (
+    allow_script,
+    close_script,
+    give_script,
+    restore_script,
+    take_script,
+)
 from edgekit.deploy.plan import FileChange, HostPlan
 from edgekit.facts import LiveFile
 from edgekit.failover.probes import watch_script
@@ -145,6 +151,7 @@ CASES = [
     Case("drain-mark", "drain-mark", lambda: mark_script(True)),
     Case("undrain-mark", "drain-mark", lambda: mark_script(False)),
     Case("boot-id", "boot-id", lambda: scripts.script("boot-id")),
+    Case("handover-close", "handover-close", lambda: close_script(["10.0.0.100", "10.0.0.101"])),
     Case(
         "handover-arm",
         "handover-arm",
