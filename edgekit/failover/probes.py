@@ -71,7 +71,8 @@ class Prober:
 
     def stop(self) -> list[Probe]:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
         self._pool.shutdown(wait=True)
         with self._lock:
             return sorted(self.results, key=lambda p: p.t)

@@ -179,9 +179,13 @@ def run_scenario(
         if problems:
             raise CannotRun(f"the cluster is not healthy: {'; '.join(problems)}")
         watcher = OwnershipWatcher(hosts, vips).start()
-        prober = Prober(probe_targets(loaded)).start()
+        prober = Prober(probe_targets(loaded))
         try:
+            # The watcher's SSH handshakes first: on a small machine they would compete
+            # with the first probes (0.3 s timeout) for the CPU. Probing still starts
+            # --stable seconds or more before the fault.
             _wait_for_samples(watcher, peers)
+            prober.start()
             placement = _stable_placement(watcher, peers, opts.stable_s)
             result.holder, held = next_target(pending or vips, placement)
             vip = inv.vips[vips.index(held[0])]
