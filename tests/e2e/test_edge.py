@@ -276,7 +276,14 @@ def test_every_failover_scenario_passes_with_the_default_config(
     )
     data = json.loads(result.stdout)
     names = [s["name"] for s in data["scenarios"]]
-    assert names == ["graceful", "haproxy-down", "keepalived-crash", "link-down", "host-down"]
+    assert names == [
+        "graceful",
+        "haproxy-down",
+        "keepalived-crash",
+        "link-down",
+        "host-down",
+        "drain",
+    ]
     for s in data["scenarios"]:
         assert s["passed"], {
             k: s[k]

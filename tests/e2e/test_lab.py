@@ -291,9 +291,11 @@ def test_each_proxy_runs_systemd_with_the_edge_packages_and_its_own_identity(
 def test_each_proxy_may_add_the_vip_and_set_its_network_sysctls(lab: LabInfo, lab_ssh) -> None:
     # What keepalived and haproxy need: CAP_NET_ADMIN and a writable /proc/sys/net.
     peer = lab.peers[0]
+    # An address of the lab's subnet that nothing uses (the VIP may be held already).
+    spare = ipaddress.IPv4Address(lab.vip) + 77
     result = lab_ssh(
         peer.name,
-        f"sudo ip addr add {lab.vip}/24 dev eth1 && sudo ip addr del {lab.vip}/24 dev eth1 && "
+        f"sudo ip addr add {spare}/24 dev eth1 && sudo ip addr del {spare}/24 dev eth1 && "
         "sudo sysctl -qw net.ipv4.ip_nonlocal_bind=1 && cat /proc/sys/net/ipv4/ip_nonlocal_bind",
     )
     assert result.returncode == 0, result.stderr
