@@ -79,26 +79,30 @@ class Prober:
 
 
 class Streams:
-    """Long-lived connections through a VIP (port 80 by default): each sends one byte of
-    an HTTP request every 100 ms for its `seconds`, then ends the request and reads the
-    answer. Each ends as "ok" (answered), "fin" (the proxy closed it cleanly first),
-    "rst" (reset) or "error" (it could not connect, or timed out)."""
+    """Long-lived connections through a VIP (port 80 by default). An upload sends one
+    byte of an HTTP request every 100 ms for its `seconds`, then ends the request and
+    reads the answer; a download asks a lab backend for /slow/SECONDS (1 KiB every 100
+    ms, its length announced). Each ends as "ok" (answered, or downloaded whole), "fin"
+    (closed cleanly before that), "rst" (reset) or "error" (no connection, a timeout)."""
 
     OUTCOMES = ("ok", "fin", "rst", "error")
 
-    def __init__(self, vip: str, seconds: list[float], port: int = 80) -> None:
+    def __init__(
+        self, vip: str, seconds: list[float], port: int = 80, downloads: list[float] | None = None
+    ) -> None:
         self.vip, self.port = vip, port
         self.outcomes: list[tuple[float, str]] = []  # (its seconds, how it ended)
         self._lock = threading.Lock()
+        jobs = [(s, self._upload) for s in seconds] + [(s, self._download) for s in downloads or []]
         self._threads = [
-            threading.Thread(target=self._one, args=(s,), daemon=True) for s in seconds
+            threading.Thread(target=self._one, args=(s, talk), daemon=True) for s, talk in jobs
         ]
 
-    def _one(self, seconds: float) -> None:
+    def _one(self, seconds: float, talk: Callable[[socket.socket, float], str]) -> None:
         outcome = "error"
         try:
             with socket.create_connection((self.vip, self.port), timeout=5) as s:
-                outcome = self._talk(s, seconds)
+                outcome = talk(s, seconds)
         except ConnectionResetError:
             outcome = "rst"
         except OSError:
@@ -107,7 +111,7 @@ class Streams:
             self.outcomes.append((seconds, outcome))
 
     @staticmethod
-    def _talk(s: socket.socket, seconds: float) -> str:
+    def _upload(s: socket.socket, seconds: float) -> str:
         s.sendall(b"GET / HTTP/1.0\r\nX-Edgekit-Pad: ")
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -118,6 +122,22 @@ class Streams:
         s.sendall(b"\r\n\r\n")
         answer = s.recv(64)
         return "ok" if answer.startswith(b"HTTP/") and answer[9:10] == b"2" else "fin"
+
+    def _download(self, s: socket.socket, seconds: float) -> str:
+        s.sendall(f"GET /slow/{seconds:g} HTTP/1.0\r\nHost: {self.vip}\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+             if line.lower().startswith(b"content-length:")),
+            -1,
+        )  # fmt: skip
+        return "ok" if head[9:10] == b"2" and len(body) == length else "fin"
 
     def start(self) -> Streams:
         for t in self._threads:

@@ -232,10 +232,10 @@ def run_scenario(
 def _open_streams(established: Established | None, vips: list[str]) -> list[Streams]:
     if established is None:
         return []
-    n = established.count
-    return [
-        Streams(v, [established.within_s] * n + [established.beyond_s] * n).start() for v in vips
-    ]
+    e = established
+    uploads = [e.within_s] * e.count + [e.beyond_s] * e.count
+    downloads = [e.within_s] * e.downloads + [e.beyond_s] * e.downloads
+    return [Streams(v, uploads, downloads=downloads).start() for v in vips]
 
 
 def _tally_streams(established: Established, kept: list[Streams]) -> dict[str, dict[str, int]]:

@@ -36,13 +36,14 @@ class Fault:
 @dataclass(frozen=True)
 class Established:
     """Long-lived connections a scenario opens through each faulted VIP before its fault:
-    `count` that end within `within_s` (inside a planned handover's window: none may be
-    reset) and `count` that last `beyond_s` (they outlive it: closed at its end, cleanly
-    where haproxy can)."""
+    `count` uploads (a byte every 100 ms) and `downloads` slow downloads that end within
+    `within_s` (inside a planned handover's window: none may be cut), and as many that
+    last `beyond_s` (they outlive it: closed at its end, cleanly where haproxy can)."""
 
     within_s: float
     beyond_s: float
     count: int = 10
+    downloads: int = 1
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,9 @@ DRAIN_GRACE_S = 8.0  # drain-established: the window its connections are served 
 register(
     Scenario(
         "drain-established",
-        f"drain with a {DRAIN_GRACE_S:g} s grace while 10 connections per VIP end inside it "
-        "(none may be reset) and 10 outlive it (closed at its end), then undrain",
+        f"drain with a {DRAIN_GRACE_S:g} s grace while 10 connections and a slow download per "
+        "VIP end inside it (none may be cut) and as many outlive it (closed at its end), "
+        "then undrain",
         0.0,
         lambda f: _drain(f, DRAIN_GRACE_S),
         _undrain,

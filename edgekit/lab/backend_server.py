@@ -15,6 +15,7 @@ import argparse
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -23,6 +24,9 @@ def make_handler(node: str) -> type[BaseHTTPRequestHandler]:
         server_version = "edgekit-lab-backend"
 
         def do_GET(self) -> None:  # noqa: N802 (name fixed by http.server)
+            if self.path.startswith("/slow/"):
+                self.slow(self.path.removeprefix("/slow/"))
+                return
             body = b"ok\n" if self.path.split("?")[0] == "/healthz" else f"{node}\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -30,6 +34,20 @@ def make_handler(node: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("X-Edgekit-Node", node)
             self.end_headers()
             self.wfile.write(body)
+
+        def slow(self, seconds: str) -> None:
+            """GET /slow/SECONDS: a download that lasts that long, 1 KiB every 100 ms
+            (Content-Length given: the client tells a complete one from a cut one)."""
+            chunks = int(float(seconds) * 10) if seconds.replace(".", "", 1).isdigit() else 0
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(chunks * 1024))
+            self.send_header("X-Edgekit-Node", node)
+            self.end_headers()
+            for _ in range(chunks):
+                self.wfile.write(b"x" * 1024)
+                self.wfile.flush()
+                time.sleep(0.1)
 
         do_HEAD = do_GET  # noqa: N815
 

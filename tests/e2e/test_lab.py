@@ -72,6 +72,11 @@ def test_backend_server_answers_with_its_name_and_healthz(tmp_path: Path) -> Non
         # A TCP check that never handshakes must not stall the TLS listener.
         with socket.create_connection(("127.0.0.1", ports[1])):
             assert http_get(f"https://127.0.0.1:{ports[1]}/") == "nodeX"
+        # A slow download (failover-test's established connections): 1 KiB every 100 ms.
+        started = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/slow/0.5", timeout=5) as r:
+            assert r.headers["Content-Length"] == "5120" and len(r.read()) == 5120
+        assert 0.4 <= time.monotonic() - started < 3
     finally:
         proc.terminate()
         proc.wait(5)

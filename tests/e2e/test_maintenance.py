@@ -235,9 +235,12 @@ def test_nothing_of_a_handover_is_left_after_a_drain_or_a_killed_one(
     )  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:
-        if f"VIP {first}: moved from proxy1" in line:
-            proc.kill()
+        if "proxy1: serves the connections it has" in line:
             break
+    deadline = time.monotonic() + 10  # the move takes about 1.5 s; the window is 5 s
+    while time.monotonic() < deadline and holders(two)[first] != ["proxy2"]:
+        time.sleep(0.2)
+    proc.kill()  # inside the window: the handover is in place on both peers
     proc.wait(timeout=30)
     killed_at = time.monotonic()
     assert "the expiry timer" in handover_left(lab_ssh, "proxy1")  # it was in the window
@@ -250,6 +253,28 @@ def test_nothing_of_a_handover_is_left_after_a_drain_or_a_killed_one(
     assert drained(two)["proxy1"]  # the drain had done its part: a whole state
     assert edgekit("undrain", "proxy1", "-i", str(two)).returncode == 0
     assert holders(two) == {first: ["proxy1"], second: ["proxy2"]}
+
+
+def test_connections_inside_the_grace_are_served_and_the_rest_end_with_a_fin(
+    two: Path, lab: Any
+) -> None:
+    """failover-test's drain-established: per VIP holder, 10 connections (each sends a
+    byte every 100 ms) and a slow download that end inside the 8 s grace, and as many
+    that outlive it."""
+    result = edgekit("failover-test", "-i", str(two), "-s", "drain-established", "--json")
+    print(result.stderr)
+    data = json.loads(result.stdout)
+    runs = data["scenarios"]
+    assert [r["holder"] for r in runs] == PEERS, runs  # each VIP's holder drained once
+    for r in runs:
+        print(json.dumps({"holder": r["holder"], "established": r["established"]}))
+        assert r["passed"] and r["failed_probes"] == 0, r
+        # Served to the end by the drained peer, though the VIP had moved.
+        assert r["established"]["within"] == {"ok": 11, "fin": 0, "rst": 0, "error": 0}
+        # Closed by its haproxy at the end of the window (while the new holder still
+        # passed it their packets): a FIN, not the new holder's reset.
+        assert r["established"]["beyond"] == {"ok": 0, "fin": 11, "rst": 0, "error": 0}
+    assert result.returncode == 0 and data["passed"]
 
 
 def test_a_drained_peer_stays_drained_across_a_deploy_and_a_keepalived_restart(
