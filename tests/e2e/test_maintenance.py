@@ -85,7 +85,7 @@ def watched(inventory: Path, streams: bool = False) -> Iterator[dict[str, Any]]:
     # two cores they would otherwise compete with the first probes (0.3 s timeout).
     watcher = OwnershipWatcher(hosts, vips).start()
     time.sleep(1.5)
-    kept = [Streams(v, [8.0] * 20).start() for v in vips] if streams else []
+    kept = [Streams(v, [8.0] * 20, downloads=[8.0]).start() for v in vips] if streams else []
     time.sleep(0.5)
     prober = Prober(probe_targets(loaded), interval=INTERVAL).start()
     out: dict[str, Any] = {"vips": vips}
@@ -197,10 +197,10 @@ def test_drain_and_undrain_of_the_holder_fail_no_request(two: Path, lab: Any) ->
         {"vip": first, "from": "proxy1", "to": "proxy2"}
     ]
     figures = assert_zero_failed(seen, "drain proxy1")
-    # 20 connections per VIP, each sending a byte every 100 ms for 8 s, opened before the
-    # drain and ended within its grace: those through proxy1 kept being served by it
-    # (proxy2 passed their packets on), none was reset.
-    assert figures["streams"] == [{"ok": 20, "fin": 0, "rst": 0, "error": 0}] * 2, figures
+    # 20 connections per VIP, each sending a byte every 100 ms for 8 s, and an 8 s slow
+    # download, opened before the drain and ended within its grace: those through proxy1
+    # kept being served by it (proxy2 passed their packets on), none was cut.
+    assert figures["streams"] == [{"ok": 21, "fin": 0, "rst": 0, "error": 0}] * 2, figures
     code, data = status(two)
     assert code == 0 and data["vip_holders"] == {first: ["proxy2"], second: ["proxy2"]}
     assert drained(two) == {"proxy1": True, "proxy2": False}
@@ -275,6 +275,30 @@ def test_connections_inside_the_grace_are_served_and_the_rest_end_with_a_fin(
         # passed it their packets): a FIN, not the new holder's reset.
         assert r["established"]["beyond"] == {"ok": 0, "fin": 11, "rst": 0, "error": 0}
     assert result.returncode == 0 and data["passed"]
+
+
+def test_the_handover_works_with_the_firewall_off_too(two: Path, lab: Any, lab_ssh: Any) -> None:
+    """The same drain-established run with edgekit's firewall removed (the other tests
+    run with it on, the default)."""
+    data = yaml.safe_load(two.read_text())
+    data["firewall"] = {"enabled": False}
+    off = two.with_name("firewall-off.yaml")
+    off.write_text(two.read_text().splitlines()[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
+    try:
+        assert edgekit("deploy", "-i", str(off), "--yes").returncode == 0
+        assert lab_ssh("proxy1", "sudo nft list table inet edgekit").returncode != 0
+        result = edgekit("failover-test", "-i", str(off), "-s", "drain-established", "--json")
+        print(result.stderr)
+        runs = json.loads(result.stdout)["scenarios"]
+        for r in runs:
+            print(json.dumps({"firewall": "off", "holder": r["holder"], **r["established"]}))
+            assert r["passed"] and r["failed_probes"] == 0, r
+            assert r["established"]["within"]["ok"] == 11, r["established"]
+            assert r["established"]["beyond"]["rst"] == 0, r["established"]
+        assert result.returncode == 0
+        assert {p: handover_left(lab_ssh, p) for p in PEERS} == {"proxy1": [], "proxy2": []}
+    finally:
+        assert edgekit("deploy", "-i", str(two), "--yes").returncode == 0  # firewall back
 
 
 def test_a_drained_peer_stays_drained_across_a_deploy_and_a_keepalived_restart(
