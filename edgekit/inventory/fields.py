@@ -6,9 +6,11 @@ key) and returns the value unchanged when it is sound.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 
 from edgekit.inventory import limits
 
@@ -146,14 +148,24 @@ def duration(value: object) -> str:
     return value
 
 
+def strings_only(check: Callable[[str], str]) -> Callable[[object], object]:
+    """A validator for text: anything that is not a string passes through unchanged, so
+    that pydantic reports its type."""
+
+    @functools.wraps(check)
+    def validate(value: object) -> object:
+        return check(value) if isinstance(value, str) else value
+
+    return validate
+
+
 NIC = ": write the NIC's name, e.g. eth1"
 
 
-def interface_name(value: object) -> object:
+@strings_only
+def interface_name(value: str) -> str:
     """A Linux interface name, by the kernel's rules (dev_valid_name), and one that
     keepalived.conf can carry unquoted."""
-    if not isinstance(value, str):
-        return value  # pydantic reports the type
     if not value:
         raise ValueError("an interface name cannot be empty: write the NIC's name, e.g. eth1")
     if value in (".", ".."):
@@ -199,9 +211,8 @@ def interface_name(value: object) -> object:
     return value
 
 
-def ssh_user(value: object) -> object:
-    if not isinstance(value, str):
-        return value
+@strings_only
+def ssh_user(value: str) -> str:
     if not value:
         raise ValueError(
             "empty: fabric would quietly log in as your local user; write the "
@@ -225,10 +236,9 @@ def ssh_user(value: object) -> object:
     return value
 
 
-def ssh_host(value: object) -> object:
+@strings_only
+def ssh_host(value: str) -> str:
     """Where SSH reaches a peer: an IP address or a host name."""
-    if not isinstance(value, str):
-        return value
     if any(c.isspace() for c in value) or not value:
         raise ValueError(
             "a host cannot be empty or contain whitespace: write one host "
@@ -431,10 +441,9 @@ def _file_reference(words: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def haproxy_option(value: object) -> object:
+@strings_only
+def haproxy_option(value: str) -> str:
     """One raw line for a service's backend section: it must stay inside that section."""
-    if not isinstance(value, str):
-        return value
     bad = next((c for c in value if not c.isprintable()), None)
     if bad is not None:
         raise ValueError(
