@@ -66,7 +66,7 @@ def _register() -> None:
     # Imported here so each command module can use `app` without import cycles.
     import importlib
 
-    for name in ("inventory", "lab", "ops", "maint", "demo"):
+    for name in ("inventory", "lab", "ops", "maint", "demo", "importer"):
         importlib.import_module(f"edgekit.cli.{name}")
 
 
