@@ -429,8 +429,7 @@ class _Importer:
                     self.skip(ln, f"'{spec}' is not ADDRESS:PORT with one port")
                     continue
                 host, port = found
-                if host not in _ANY_ADDRESS:
-                    self.bind_addresses.add(host)
+                self.bind_addresses.add("*" if host in _ANY_ADDRESS else host)
                 ports.append((port, ln))
             extra = ln.words[2:]
             if "ssl" in extra:
@@ -778,7 +777,7 @@ class _Importer:
 def _vip(importer: _Importer, vip: str | None) -> tuple[str, str]:
     if vip:
         return vip, "--vip"
-    if len(importer.bind_addresses) == 1:
+    if len(importer.bind_addresses) == 1 and "*" not in importer.bind_addresses:
         address = next(iter(importer.bind_addresses))
         try:
             ipaddress.IPv4Address(address)
@@ -795,9 +794,9 @@ def _vip(importer: _Importer, vip: str | None) -> tuple[str, str]:
                 f"the services' bind address (/{DEFAULT_PREFIX} assumed)",
             )
     why = (
-        "the services bind several addresses"
-        if importer.bind_addresses
-        else "the services bind every address"
+        "the services bind every address"
+        if importer.bind_addresses == {"*"}
+        else "the services do not all bind one address"
     )
     importer.note(None, f"no VIP: {why}; give --vip ADDR/PREFIX or fill the placeholder")
     return PLACEHOLDER, f"{PLACEHOLDER}: the VIP with its prefix, e.g. 10.10.0.100/24"

@@ -216,6 +216,14 @@ def test_the_one_address_the_services_bind_becomes_the_vip_with_a_24_prefix(
     assert got.notes("with the prefix /24 assumed")
 
 
+def test_no_vip_is_guessed_when_not_every_service_binds_that_address() -> None:
+    text = "listen a\n bind 10.20.0.50:80\n server s 10.20.0.31:80\n"
+    text += "listen b\n bind *:443\n server s 10.20.0.31:443\n"
+    result = import_config(text, "t.cfg")
+    assert result.data["vips"][0]["address"] == "REPLACE-ME"
+    assert any("do not all bind one address" in n.message for n in result.notes)
+
+
 def test_backend_lines_go_to_haproxy_options_with_their_source_line(tmp_path: Path) -> None:
     got = imported(tmp_path, "backend-options.cfg")
     [svc] = got.inv.services
