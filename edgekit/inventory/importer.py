@@ -282,6 +282,8 @@ class _Importer:
         self.services: list[dict[str, Any]] = []
         self.bind_addresses: set[str] = set()
         self.http_proxies = False
+        self.imported: dict[str, tuple[str, dict[str, Any]]] = {}  # backend -> name, keys
+        self.listens: dict[int, int] = {}  # imported listen port -> its bind line
 
     def note(self, line: int | None, message: str) -> None:
         self.notes.append(Note(line, message))
@@ -483,18 +485,30 @@ class _Importer:
         if not ports:
             self.skip(section.number, f"{section.kind} {section.name}: no port to listen on")
             return
-        servers, svc = self.backend(backend, ports[0][0])
-        if not servers:
-            self.skip(backend.number, f"backend {backend.name}: no server imported")
-            return
-        backend_name = self.renamed(
-            backend.number, backend.name, f"backend{len(self.backends) + 1}"
-        )
-        self.backends[backend_name] = servers
+        if backend.name not in self.imported:  # a backend two frontends use: read once
+            servers, backend_svc = self.backend(backend, ports[0][0])
+            if not servers:
+                self.skip(backend.number, f"backend {backend.name}: no server imported")
+                return
+            backend_name = self.renamed(
+                backend.number, backend.name, f"backend{len(self.backends) + 1}"
+            )
+            self.backends[backend_name] = servers
+            self.imported[backend.name] = (backend_name, backend_svc)
+        backend_name, backend_svc = self.imported[backend.name]
+        svc = dict(backend_svc)
         frontend_lines = [] if section.kind == "listen" else section.lines
         self.frontend_lines(section, frontend_lines, svc)
         base = self.renamed(section.number, section.name, f"service{len(self.services) + 1}")
         for port, ln in ports:
+            if port in self.listens:
+                self.skip(
+                    ln,
+                    f"port {port} is imported already (line {self.listens[port]}): edgekit "
+                    "binds each port once, on every VIP",
+                )
+                continue
+            self.listens[port] = ln.number
             name = base if base not in taken and base != "stats" else f"{base}-{port}"
             taken.add(name)
             entry = {"name": name, "listen": port, "backend": backend_name}
@@ -552,6 +566,13 @@ class _Importer:
         if health["type"]:
             svc["health"] = health["model"]
         self.check_settings(section, checks, svc)
+        names: set[str] = set()
+        for s in servers:
+            name = s["name"]
+            s["name"] = next(
+                n for n in (name, *(f"{name}-{i}" for i in range(2, 1000))) if n not in names
+            )
+            names.add(s["name"])
         implied = []
         for ln in [*(ln for ln in defaults if ln.words[0] == "balance"), *section.lines]:
             word, key = ln.words[0], ln.key()
@@ -764,7 +785,16 @@ class _Importer:
             self.note(
                 None,
                 "the old config had no stats page; edgekit serves one on each proxy's own "
-                f"address, port 8404: export its password in {STATS_ENV}",
+                f"address: export its password in {STATS_ENV}",
+            )
+        port = data["stats"].get("port", 8404)
+        if port in self.listens:
+            free = next(p for p in range(8404, 65536) if p not in self.listens)
+            data["stats"]["port"] = free
+            self.comments[("stats", "port")] = f"{port} is a service's port here"
+            self.note(
+                self.listens[port],
+                f"the stats page moves to port {free}: a service listens on {port}",
             )
         data["backends"] = self.backends
         data["services"] = self.services

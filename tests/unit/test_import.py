@@ -224,6 +224,19 @@ def test_no_vip_is_guessed_when_not_every_service_binds_that_address() -> None:
     assert any("do not all bind one address" in n.message for n in result.notes)
 
 
+def test_a_port_bound_twice_is_imported_once_and_the_stats_page_moves_off_it() -> None:
+    text = "frontend a\n bind 10.20.0.50:8404\n default_backend b\n"
+    text += "frontend c\n bind 10.20.0.51:8404\n default_backend b\n"
+    text += "backend b\n server s 10.20.0.31:80\n server S 10.20.0.32:80\n"
+    result = import_config(text, "t.cfg")
+    assert [(s["name"], s["listen"]) for s in result.data["services"]] == [("a", 8404)]
+    assert "port 8404 is imported already (line 2)" in result.not_imported[0].message
+    assert result.data["stats"]["port"] == 8405
+    # Server names that meet once lowercased stay apart; the backend is read once.
+    assert [s["name"] for s in result.data["backends"]["b"]] == ["s", "s-2"]
+    assert len([n for n in result.notes if "without `check`" in n.message]) == 1
+
+
 def test_backend_lines_go_to_haproxy_options_with_their_source_line(tmp_path: Path) -> None:
     got = imported(tmp_path, "backend-options.cfg")
     [svc] = got.inv.services
