@@ -111,8 +111,12 @@ class Section:
 
     @property
     def is_stats(self) -> bool:
-        return self.kind != "backend" and any(
-            ln.words[0] == "stats" and ln.key() != "stats socket" for ln in self.lines
+        """A proxy that only serves haproxy's stats page (no servers, no backend)."""
+        forwards = self.find("server", "default_backend", "use_backend")
+        return (
+            self.kind != "backend"
+            and not forwards
+            and any(ln.words[0] == "stats" and ln.key() != "stats socket" for ln in self.lines)
         )
 
 
@@ -188,6 +192,9 @@ def parse_config(text: str, name: str) -> list[Section]:
             section = Section(words[0], words[1] if len(words) > 1 else "", number)
             if section.kind in _PROXIES:
                 section.defaults = defaults
+            if section.kind in ("frontend", "listen") and len(words) > 2:
+                # haproxy 1.x's `listen NAME ADDR:PORT`: a bind on the header line.
+                section.lines.append(CfgLine(number, ["bind", *words[2:]]))
             elif section.kind == "defaults":
                 defaults = section
             sections.append(section)
@@ -576,9 +583,17 @@ class _Importer:
         implied = []
         for ln in [*(ln for ln in defaults if ln.words[0] == "balance"), *section.lines]:
             word, key = ln.words[0], ln.key()
-            if word in ("server", "default-server", "bind", "stats"):
+            if word in ("server", "default-server", "bind"):
                 continue
-            if word == "balance":
+            if word == "stats":
+                if ln.key() == "stats auth" and len(ln.words) == 3:
+                    self.stats_auth(ln, {})  # the loud line about a default password
+                self.skip(
+                    ln,
+                    "a stats page on a service: edgekit serves its stats page apart, on "
+                    "each proxy's own address with a password (stats:)",
+                )
+            elif word == "balance":
                 if ln.words[1:] and ln.words[1] in ("roundrobin", "leastconn", "source"):
                     svc["balance"] = ln.words[1]
                 elif ln in section.lines:

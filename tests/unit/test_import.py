@@ -237,6 +237,20 @@ def test_a_port_bound_twice_is_imported_once_and_the_stats_page_moves_off_it() -
     assert len([n for n in result.notes if "without `check`" in n.message]) == 1
 
 
+def test_an_old_style_listen_line_binds_and_its_stats_lines_are_not_imported(
+    tmp_path: Path,
+) -> None:
+    got = imported(tmp_path, "old-style-listen.cfg")
+    assert [(s.name, s.listen, s.port) for s in got.inv.services] == [("webfarm", 80, 80)]
+    assert [s["name"] for s in got.servers("webfarm")] == ["web1", "web2"]
+    skipped = got.not_imported()
+    assert all("a stats page on a service" in skipped[n] for n in (4, 5))
+    [warning] = got.notes("edgekit: warning: ")
+    assert "old-style-listen.cfg:5: the old stats page's password is a well-known" in warning
+    assert "password was a well-known default" in got.text  # said in edge.yaml too
+    assert "haproxy:haproxy" not in got.text
+
+
 def test_backend_lines_go_to_haproxy_options_with_their_source_line(tmp_path: Path) -> None:
     got = imported(tmp_path, "backend-options.cfg")
     [svc] = got.inv.services
