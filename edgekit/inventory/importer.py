@@ -48,6 +48,8 @@ _SERVICE_ORDER = (
     "haproxy_options",
 )
 _NAME = re.compile(NAME_RE)
+# A proxy's timeouts that a service's `timeout` (client, server and tunnel at once) covers.
+_SERVICE_TIMEOUTS = ("client", "server", "tunnel")
 # Lines edgekit's haproxy.cfg has already (global, defaults, the TCP proxies).
 _IMPLIED = _keys(
     "log, chroot, pidfile, user, group, daemon, stats socket, stats timeout, mode tcp, "
@@ -565,8 +567,7 @@ class _Importer:
         servers = [
             s
             for s in (
-                self.server(ln, [w for b in base for w in b], svc, checks, health)
-                for ln in server_lines
+                self.server(ln, [w for b in base for w in b], svc, checks) for ln in server_lines
             )
             if s
         ]
@@ -598,16 +599,7 @@ class _Importer:
                     svc["balance"] = ln.words[1]
                 elif ln in section.lines:
                     self.skip(ln, "edgekit balances roundrobin, leastconn or source")
-            elif (
-                word == "timeout"
-                and len(ln.words) == 3
-                and ln.words[1]
-                in (
-                    "server",
-                    "tunnel",
-                    "client",
-                )
-            ):
+            elif word == "timeout" and len(ln.words) == 3 and ln.words[1] in _SERVICE_TIMEOUTS:
                 self.timeout(svc, ln)
             elif key in ("option httpchk",) or (word == "http-check" and ln in health["lines"]):
                 continue
@@ -674,9 +666,21 @@ class _Importer:
             try:
                 Health.model_validate(model)
             except ValidationError as exc:
-                self.skip(section.number, f"backend {section.name}: its HTTP check: {exc}")
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in first["loc"])
+                self.skip(
+                    section.number,
+                    f"{section.kind} {section.name}: its HTTP check ({where}: {first['msg']})",
+                )
                 found["type"] = None
             found["model"] = model
+        elif ssl:
+            self.note(
+                section.number,
+                f"{section.kind} {section.name}: check-ssl without an HTTP check: edgekit's "
+                "tcp health check connects without TLS (health: {type: https} checks over "
+                "TLS with an HTTP request)",
+            )
         return found
 
     def server(
@@ -685,7 +689,6 @@ class _Importer:
         base: list[str],
         svc: dict[str, Any],
         checks: list[dict[str, Any]],
-        health: dict[str, Any],
     ) -> dict[str, Any] | None:
         words = ln.words
         if len(words) < 3:

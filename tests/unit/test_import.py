@@ -251,6 +251,24 @@ def test_an_old_style_listen_line_binds_and_its_stats_lines_are_not_imported(
     assert "haproxy:haproxy" not in got.text
 
 
+def test_check_ssl_without_an_http_check_says_the_tcp_check_has_no_tls() -> None:
+    text = "listen api\n bind :6443\n server c1 10.10.0.21:6443 check check-ssl verify none\n"
+    result = import_config(text, "k0s.cfg")
+    assert "health" not in result.data["services"][0]
+    [note] = [n for n in result.notes if "check-ssl" in n.message]
+    assert note.line == 1 and "connects without TLS" in note.message
+    assert result.not_imported == []
+
+
+def test_an_http_check_edgekit_refuses_is_not_imported_in_one_line() -> None:
+    text = "listen web\n bind :80\n option httpchk\n http-check send meth GET uri healthz\n"
+    result = import_config(text + " server w 10.10.0.51:80 check\n", "t.cfg")
+    assert "health" not in result.data["services"][0]
+    [skipped] = result.not_imported
+    assert skipped.line == 1 and "its HTTP check (path: " in skipped.message
+    assert "\n" not in skipped.message
+
+
 def test_backend_lines_go_to_haproxy_options_with_their_source_line(tmp_path: Path) -> None:
     got = imported(tmp_path, "backend-options.cfg")
     [svc] = got.inv.services
