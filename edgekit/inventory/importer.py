@@ -381,7 +381,7 @@ class _Importer:
                 stats["uri"] = words[2]
                 self.comments[("stats", "uri")] = f"{self.name}:{ln.number}"
             elif ln.key() == "stats auth" and len(words) == 3:
-                self.stats_auth(ln, stats)
+                self.stats_auth(ln)
             elif ln.key() in (
                 "stats enable",
                 "stats refresh",
@@ -397,21 +397,21 @@ class _Importer:
             else:
                 self.skip(ln, "edgekit's stats page has no key for it")
         self.implied(section, implied)
-        stats.setdefault("user", "admin")
+        stats["user"] = "admin"
         stats["password_env"] = STATS_ENV
         self.comments[("stats", "password_env")] = (
             "export the NEW password here; the old one is never copied"
         )
         data["stats"] = {**data.get("stats", {}), **stats}
 
-    def stats_auth(self, ln: CfgLine, stats: dict[str, Any]) -> None:
+    def stats_auth(self, ln: CfgLine) -> None:
         user, _, password = ln.words[2].partition(":")
-        if re.fullmatch(r"[A-Za-z0-9_.-]+", user):
-            stats["user"] = user
-            self.comments[("stats", "user")] = f"{self.name}:{ln.number}"
+        # Neither half of the old credentials is copied: the new page gets new ones.
+        self.comments[("stats", "user")] = "REVIEW: the old page's user and password are not copied"
         never = (
-            f"edgekit never copies it (edge.yaml is read by whoever reviews it): export a new "
-            f"strong one in {STATS_ENV} (openssl rand -base64 18)"
+            "edgekit never copies the old user or password (edge.yaml is read by whoever "
+            f"reviews it): choose a user and export a new strong password in {STATS_ENV} "
+            "(openssl rand -base64 18)"
         )
         if password.lower() in COMMON_PASSWORDS or password.lower() == user.lower():
             self.comments[("stats",)] = (
@@ -588,7 +588,7 @@ class _Importer:
                 continue
             if word == "stats":
                 if ln.key() == "stats auth" and len(ln.words) == 3:
-                    self.stats_auth(ln, {})  # the loud line about a default password
+                    self.stats_auth(ln)  # the loud line about a default password
                 self.skip(
                     ln,
                     "a stats page on a service: edgekit serves its stats page apart, on "

@@ -162,7 +162,7 @@ def test_stats_with_default_credentials_warns_loudly_and_never_copies_them(
 def test_a_strong_stats_password_is_not_copied_either(tmp_path: Path) -> None:
     got = imported(tmp_path, "stats-own-password.cfg")
     assert "Vq83kLxP0z2w" not in got.text
-    assert (got.inv.stats.user, got.inv.stats.port) == ("ops", 8404)
+    assert (got.inv.stats.user, got.inv.stats.port) == ("admin", 8404)  # no old user either
     assert got.notes("stats-own-password.cfg:6: the old stats password is not copied")
     assert not got.notes("edgekit: warning: ")
 
