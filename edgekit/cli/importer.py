@@ -28,9 +28,15 @@ def _read(path: Path) -> str:
 
 
 def _target(output: str) -> Path:
+    """Where to write: -o FILE, or DIR/edge.yaml (like init, DIR/ names a directory)."""
     target = Path(output)
     if target.is_dir():
         return target / "edge.yaml"
+    if output.endswith("/"):
+        raise InputError(
+            f"{output}: the directory {target} does not exist",
+            hint=f"mkdir -p {target}, or choose another path",
+        )
     if not target.parent.is_dir():
         raise InputError(
             f"{target}: the directory {target.parent} does not exist",

@@ -370,6 +370,18 @@ def test_refuses_to_overwrite_the_output_unless_forced(tmp_path: Path) -> None:
     assert load_inventory(out).inventory.services[0].listen == 80
 
 
+def test_output_into_a_directory_writes_edge_yaml_there_and_a_missing_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    cfg = str(DATA / "weights.cfg")
+    assert run("import", cfg, "-o", str(tmp_path)).exit_code == 0
+    assert (tmp_path / "edge.yaml").is_file()
+    missing = run("import", cfg, "-o", f"{tmp_path}/nowhere/")
+    assert missing.exit_code == 2
+    assert "nowhere/: the directory" in one_line_error(missing)
+    assert not (tmp_path / "nowhere").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "content", "expect"),
     [
