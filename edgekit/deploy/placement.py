@@ -66,6 +66,7 @@ HANDOVER_S = 2.0  # how long the old holder finishes its connections after the m
 HANDOVER_UNIT = "edgekit-handover-expire"
 EXPIRY_MARGIN_S = 15.0
 CLOSE_S = 0.5  # for the FINs of connections closed at the end of the window to arrive
+REARM_MARGIN_S = 5.0  # once the VIP has moved: the timer fires this long after the window
 
 
 def allow_script(instances: list[str]) -> str:
@@ -81,6 +82,11 @@ def restore_script() -> str:
         metric=HANDOVER_METRIC,
         unit=HANDOVER_UNIT,
     )
+
+
+def _rearm(window: float) -> int:
+    """The expiry timer once the VIP has moved: the window, the close and a margin."""
+    return math.ceil(window + CLOSE_S + REARM_MARGIN_S)
 
 
 def _expiry(expire_after: int) -> dict[str, object]:
@@ -296,6 +302,11 @@ def move_to(
         arrived_in_time = wait_until(arrived, timeout, interval=0.2)
         took = time.monotonic() - started
         if arrived_in_time:  # the old holder finishes what it had accepted
+            # The window starts now: the hosts' own timers end it at most a few seconds
+            # after it should, should this process die before it does.
+            rearm = script("handover-arm", handover_dir=HANDOVER_DIR, **_expiry(_rearm(window)))
+            for name in (*olds, peer):
+                hosts[name].run(rearm, sudo=True, timeout=30)
             time.sleep(window)
             # What is still open there ends with a FIN from haproxy while the handover
             # still carries the clients' packets, not with a reset from the new holder.
