@@ -11,7 +11,8 @@ from edgekit.cli import app, err
 from edgekit.cli.inventory import Json, echo_json, note
 from edgekit.errors import ExitCode, InputError
 from edgekit.inventory import parse_peers_flag
-from edgekit.inventory.importer import decode, equivalence, import_config
+from edgekit.inventory.haproxy_cfg import decode
+from edgekit.inventory.importer import equivalence, import_config
 
 
 def _read(path: Path) -> str:

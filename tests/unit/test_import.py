@@ -14,7 +14,8 @@ import pytest
 from edgekit import binaries, render
 from edgekit.errors import InputError
 from edgekit.inventory import Inventory, load_inventory
-from edgekit.inventory.importer import endpoint, equivalence, import_config, parse_config
+from edgekit.inventory.haproxy_cfg import endpoint, parse_config
+from edgekit.inventory.importer import equivalence, import_config
 from edgekit.inventory.load import InventoryError
 from tests.cli import Result, one_line_error, run
 from tests.conftest import need_program
