@@ -25,7 +25,7 @@ from edgekit.deploy import lock as deploy_lock
 from edgekit.deploy.placement import HANDOVER_S, Move, healthy, move_to, place_vips, ready
 from edgekit.errors import EdgekitError, ExitCode, InputError, OperationError
 from edgekit.facts import HostFacts
-from edgekit.hosts import gather
+from edgekit.hosts import gather, in_parallel
 from edgekit.inventory import Loaded
 from edgekit.progress import Progress
 from edgekit.remote import Transport
@@ -78,7 +78,6 @@ def set_mark(host: Transport, drained: bool) -> None:
 
 def read_all(hosts: Mapping[str, Transport]) -> dict[str, HostFacts | EdgekitError]:
     """Facts of every peer, or the error that kept them from being read."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(host: Transport) -> HostFacts | EdgekitError:
         try:
@@ -86,9 +85,11 @@ def read_all(hosts: Mapping[str, Transport]) -> dict[str, HostFacts | EdgekitErr
         except EdgekitError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=min(8, len(hosts) or 1)) as pool:
-        futures = {name: pool.submit(one, host) for name, host in hosts.items()}
-    return {name: f.result() for name, f in futures.items()}
+    return in_parallel(hosts, one)
+
+
+def _facts(hosts: Mapping[str, Transport]) -> dict[str, HostFacts]:
+    return in_parallel(hosts, lambda h: gather(h, []))
 
 
 def takers(loaded: Loaded, facts: Mapping[str, HostFacts], peer: str) -> list[str]:
@@ -170,9 +171,8 @@ def drain(
                 raise Interrupted(f"interrupted: {peer} is {word}") from None
             raise OperationError(f"{exc.message}; {peer} is {word}") from None
     report.drained = True
-    report.stayed = [
-        str(v.address.ip) for v in loaded.inventory.vips if gather(hosts[peer], []).holds(v.address)
-    ]
+    now = gather(hosts[peer], [])
+    report.stayed = [str(v.address.ip) for v in loaded.inventory.vips if now.holds(v.address)]
     if report.stayed:
         progress(f"{peer}: keeps {', '.join(report.stayed)}: no other peer can take them")
     return report
@@ -193,7 +193,7 @@ def give_away(
     connections (the new holder passes their packets on) and stale ARP caches."""
     set_mark(hosts[peer], True)
     progress(f"{peer}: drained mark set (priority at the floor for every VIP)")
-    facts = {n: gather(h, []) for n, h in hosts.items()}
+    facts = _facts(hosts)
     moves = drain_moves(loaded, facts, peer)
     for to in dict.fromkeys(m.to for m in moves):
         group = [m for m in moves if m.to == to]
@@ -223,7 +223,7 @@ def drained_for_restart(
     FAULT, a stopping keepalived sends priority 0), so when it holds a VIP and another
     peer can take it, the VIPs move first, make-before-break, and the peer is undrained
     after the restart. A failed restart leaves it drained (its VIPs are elsewhere)."""
-    facts = {n: gather(h, []) for n, h in hosts.items()}
+    facts = _facts(hosts)
     holds = any(facts[peer].holds(v.address) for v in loaded.inventory.vips)
     if not holds or facts[peer].drained or not takers(loaded, facts, peer):
         yield
