@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 
 def edgekit(
@@ -25,3 +28,14 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr + result.stdout
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def status(inventory: Path) -> tuple[int, dict[str, Any]]:
+    """`edgekit status --json`: its exit code and its data."""
+    result = edgekit("status", "-i", str(inventory), "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def holders(inventory: Path) -> dict[str, list[str]]:
+    """Each VIP's holders, as status reports them."""
+    return dict(status(inventory)[1]["vip_holders"])

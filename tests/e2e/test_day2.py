@@ -26,7 +26,7 @@ import yaml
 from edgekit.deploy.lock import lock_command
 from edgekit.facts import BACKUP_ROOT, PENDING
 from edgekit.status import SHOW_STAT, parse_show_stat
-from tests.e2e.cli import edgekit, one_line_error
+from tests.e2e.cli import edgekit, one_line_error, status
 
 pytestmark = pytest.mark.lab
 
@@ -116,11 +116,6 @@ def installed_servers(lab_ssh: Any, host: str) -> dict[str, set[str]]:
         elif current and words[:1] == ["server"]:
             out.setdefault(current, set()).add(words[1])
     return {b: s for b, s in out.items() if b in {"http", "https", "kubernetes-api"}}
-
-
-def status(inventory: Path) -> tuple[int, dict[str, Any]]:
-    result = edgekit("status", "-i", str(inventory), "--json")
-    return result.returncode, json.loads(result.stdout)
 
 
 def assert_converged(lab: Any, lab_ssh: Any, inventory: Path, servers: set[str]) -> None:

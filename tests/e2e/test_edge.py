@@ -24,6 +24,7 @@ from edgekit.hosts import close_all, peer_hosts
 from edgekit.inventory import load_inventory
 from tests.conftest import need_program
 from tests.e2e.cli import edgekit, one_line_error
+from tests.e2e.inventories import default_scenarios
 
 pytestmark = pytest.mark.lab
 
@@ -276,14 +277,7 @@ def test_every_failover_scenario_passes_with_the_default_config(
     )
     data = json.loads(result.stdout)
     names = [s["name"] for s in data["scenarios"]]
-    assert names == [
-        "graceful",
-        "haproxy-down",
-        "keepalived-crash",
-        "link-down",
-        "host-down",
-        "drain",
-    ]
+    assert names == default_scenarios()
     for s in data["scenarios"]:
         assert s["passed"], {
             k: s[k]

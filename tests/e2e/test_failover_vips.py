@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cli import edgekit
+from tests.e2e.cli import edgekit, holders
+from tests.e2e.inventories import default_scenarios
 
 pytestmark = pytest.mark.lab
 
-DEFAULTS = ["graceful", "haproxy-down", "keepalived-crash", "link-down", "host-down", "drain"]
+DEFAULTS = default_scenarios()
 
 
 def two_vip_inventory(lab: Any, path: Path) -> tuple[Path, str, str, int]:
@@ -39,11 +40,6 @@ def two_vip_inventory(lab: Any, path: Path) -> tuple[Path, str, str, int]:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert not path.read_text().startswith("# edgekit-lab:")
     return path, lab.vip, second, first["vrid"] + 1
-
-
-def holders(inventory: Path) -> dict[str, list[str]]:
-    result = edgekit("status", "-i", str(inventory), "--json")
-    return dict(json.loads(result.stdout)["vip_holders"])
 
 
 def put_on(lab_ssh: Any, inventory: Path, vip: str, vrid: int, target: str) -> None:

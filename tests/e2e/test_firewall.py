@@ -33,6 +33,7 @@ from edgekit.inventory import load_inventory
 from edgekit.net import tcp_answers
 from tests.conftest import need_program, need_root
 from tests.e2e.cli import edgekit, one_line_error
+from tests.e2e.inventories import default_scenarios
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOOD = sorted((DATA / "good").glob("*.yaml"))
@@ -545,14 +546,7 @@ def test_every_failover_scenario_passes_with_the_firewall_on(lab: Any) -> None:
     result = edgekit("failover-test", "-i", str(inv), "--json", timeout=600)
     data = json.loads(result.stdout)
     names = [s["name"] for s in data["scenarios"]]
-    assert names == [
-        "graceful",
-        "haproxy-down",
-        "keepalived-crash",
-        "link-down",
-        "host-down",
-        "drain",
-    ]
+    assert names == default_scenarios()
     for s in data["scenarios"]:
         assert s["passed"], {
             k: s[k]

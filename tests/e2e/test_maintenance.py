@@ -10,7 +10,6 @@ end the lab's own inventory is deployed again.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -32,7 +31,8 @@ from edgekit.failover.probes import OwnershipWatcher, Prober, Streams, tally
 from edgekit.failover.run import probe_targets
 from edgekit.hosts import close_all, peer_hosts
 from edgekit.inventory import load_inventory
-from tests.e2e.cli import edgekit, one_line_error
+from tests.e2e.cli import edgekit, holders, one_line_error, status
+from tests.e2e.inventories import two_vips
 
 pytestmark = pytest.mark.lab
 
@@ -43,32 +43,13 @@ PEERS = ["proxy1", "proxy2"]
 
 @pytest.fixture(scope="module")
 def two(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    data = yaml.safe_load(Path(lab.inventory).read_text())
-    first = data["vips"][0]
-    prefix = str(first["address"]).split("/")[1]
-    first["preferred"] = "proxy1"
-    second = str(ipaddress.IPv4Address(lab.vip) + 1)
-    data["vips"].append(
-        {"address": f"{second}/{prefix}", "vrid": first["vrid"] + 1, "preferred": "proxy2"}
-    )
-    marker = Path(lab.inventory).read_text().splitlines()[0]
-    path = tmp_path_factory.mktemp("maintenance") / "edge.yaml"
-    path.write_text(marker + "\n" + yaml.safe_dump(data, sort_keys=False))
+    path = two_vips(lab, tmp_path_factory.mktemp("maintenance") / "edge.yaml", "proxy2")
     result = edgekit("deploy", "-i", str(path), "--yes")
     assert result.returncode == 0, result.stderr
     yield path
     for peer in PEERS:  # whatever a failed test left
         edgekit("undrain", peer, "-i", str(path))
     edgekit("deploy", "-i", str(lab.inventory), "--yes")  # back to the lab's one VIP
-
-
-def status(inventory: Path) -> tuple[int, dict[str, Any]]:
-    result = edgekit("status", "-i", str(inventory), "--json")
-    return result.returncode, json.loads(result.stdout)
-
-
-def holders(inventory: Path) -> dict[str, list[str]]:
-    return dict(status(inventory)[1]["vip_holders"])
 
 
 def drained(inventory: Path) -> dict[str, bool]:

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from edgekit.failover.measure import Probe, Sample, holder_timeline, of_vip, split_brain
 from edgekit.failover.probes import OwnershipWatcher, Prober, Target
 from edgekit.hosts import close_all, peer_hosts
 from edgekit.inventory import load_inventory
-from tests.e2e.cli import edgekit
+from tests.e2e.cli import edgekit, holders, status
+from tests.e2e.inventories import two_vips
 
 pytestmark = pytest.mark.lab
 
@@ -41,40 +41,17 @@ def vips(lab: Any) -> tuple[str, str]:
     return lab.vip, str(ipaddress.IPv4Address(lab.vip) + 1)
 
 
-def _inventory(lab: Any, path: Path, second_prefers: str) -> Path:
-    data = yaml.safe_load(Path(lab.inventory).read_text())
-    first = data["vips"][0]
-    prefix = str(first["address"]).split("/")[1]
-    first["preferred"] = "proxy1"
-    second = str(ipaddress.IPv4Address(lab.vip) + 1)
-    data["vips"].append(
-        {"address": f"{second}/{prefix}", "vrid": first["vrid"] + 1, "preferred": second_prefers}
-    )
-    marker = Path(lab.inventory).read_text().splitlines()[0]
-    path.write_text(marker + "\n" + yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def together(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both VIPs prefer proxy1."""
-    return _inventory(lab, tmp_path_factory.mktemp("placement") / "together.yaml", "proxy1")
+    return two_vips(lab, tmp_path_factory.mktemp("placement") / "together.yaml", "proxy1")
 
 
 @pytest.fixture(scope="module")
 def spread(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The first VIP prefers proxy1, the second proxy2 (active-active)."""
-    yield _inventory(lab, tmp_path_factory.mktemp("placement") / "spread.yaml", "proxy2")
+    yield two_vips(lab, tmp_path_factory.mktemp("placement") / "spread.yaml", "proxy2")
     edgekit("deploy", "-i", str(lab.inventory), "--yes")  # back to the lab's one VIP
-
-
-def status(inventory: Path) -> tuple[int, dict[str, Any]]:
-    result = edgekit("status", "-i", str(inventory), "--json")
-    return result.returncode, json.loads(result.stdout)
-
-
-def holders(inventory: Path) -> dict[str, list[str]]:
-    return dict(status(inventory)[1]["vip_holders"])
 
 
 def wait_for(inventory: Path, want: dict[str, list[str]], timeout: float = 20) -> None:
